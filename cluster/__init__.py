@@ -1,0 +1,1 @@
+"""matforge.cluster: submit pre-training jobs to a Ray cluster."""

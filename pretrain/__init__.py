@@ -1,0 +1,1 @@
+"""matforge.pretrain: distributed pre-training on Ray Train (needs the ``[pretrain]`` extra)."""
