@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES = ["matforge.cli.bench_data"]
+BENCH_MODULES = ["matforge.cli.bench_data", "matforge.cli.bench_train", "matforge.cli.bench_pretrain"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

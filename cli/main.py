@@ -11,7 +11,15 @@ import importlib
 import sys
 
 # Modules that register sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ["matforge.cli.data", "matforge.cli.bench"]
+COMMAND_MODULES = [
+    "matforge.cli.data",
+    "matforge.cli.pretrain",
+    "matforge.cli.export",
+    "matforge.cli.import_cgcnn",
+    "matforge.cli.predict",
+    "matforge.cli.finetune",
+    "matforge.cli.bench",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # command not built yet
+        module.register(sub)
     return parser
 
 
