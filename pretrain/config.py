@@ -1,0 +1,214 @@
+"""The pre-training configuration: typed dataclasses, loaded from YAML with dotted overrides.
+
+``load_config("quickstart", ["train.max_steps=50", "scaling.num_workers=2"])`` reads a packaged
+config by name (``matforge/pretrain/configs/<name>.yaml``) or a YAML file by path, merges it onto
+the dataclass schema (OmegaConf structured configs: unknown keys and wrong types are errors), then
+applies ``key=value`` overrides (values parsed as YAML: ``1e-3``, ``true``, ``[a, b]``).
+
+One schema for every experiment; an experiment is a few lines of YAML or a few overrides, never a
+copy of a whole config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("energy", "energy_forces", "efs", "denoise_derivative", "denoise_head", "combined")
+
+
+@dataclass
+class SynthDataConfig:
+    """Generate EMT-labelled data (``matforge data synth``) when ``structures > 0`` and the
+    train directory does not exist yet; a ``val_fraction`` of it becomes the val split."""
+
+    structures: int = 0
+    seed: int = 0
+    elements: list[str] = field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"])
+    max_atoms: int = 32
+    val_fraction: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Shard directories. ``train``/``val`` are directories written by ``matforge data convert``;
+    ``train_split``/``val_split`` name splits written by ``matforge data split`` (optional)."""
+
+    train: str = ""
+    val: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    max_atoms: int = 1024          # atoms per batch on each worker
+    loader_workers: int = 1        # DataLoader processes per training worker (0: in-process)
+    properties: list[str] = field(default_factory=list)   # named properties for "combined"
+    synth: SynthDataConfig = field(default_factory=SynthDataConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "painn"            # cgcnn | cgcnn_smooth | cgcnn_attention | painn
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Loss kind and weights. Energy is compared per atom (eV/atom), forces per component (eV/Å),
+    stress per component (eV/Å³), noise per component (units of σ), properties in normalised units."""
+
+    kind: str = "mae"              # mae | mse | huber
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 100.0
+    noise: float = 1.0
+    properties: dict[str, float] = field(default_factory=dict)   # per-property weights (default 1)
+
+
+@dataclass
+class DenoiseConfig:
+    std: float = 0.1               # σ of the Gaussian position noise, Å
+    equilibrium_only: bool = True  # noise only relaxed structures
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"       # cosine | plateau | constant (all after linear warm-up)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01     # cosine floor as a fraction of lr
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3      # evaluations without improvement
+    grad_clip: float = 10.0        # max grad norm (0: off)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    eval_every: int = 100          # steps between validations
+    checkpoint_every: int = 100    # steps between checkpoints
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1    # torch intra-op threads in each worker
+
+
+@dataclass
+class RunConfig:
+    name: str = "pretrain"
+    storage_path: str = "runs"     # made absolute at launch
+    max_failures: int = 0          # worker failures tolerated (restart from the last checkpoint)
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: str = "efs"
+    loss: LossConfig = field(default_factory=LossConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message names the key or file."""
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("matforge.pretrain").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _config_text(name_or_path: str) -> tuple[str, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        return path.read_text(), str(path)
+    res = resources.files("matforge.pretrain").joinpath("configs", f"{name_or_path}.yaml")
+    if not res.is_file():
+        raise ConfigError(f"no packaged config {name_or_path!r}; packaged: {', '.join(packaged_configs())}")
+    return res.read_text(), f"packaged:{name_or_path}"
+
+
+def validate(cfg: PretrainConfig) -> PretrainConfig:
+    """Check values the schema's types cannot (enumerations, ranges, consistency)."""
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"objective: {cfg.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if cfg.loss.kind not in ("mae", "mse", "huber"):
+        raise ConfigError(f"loss.kind: {cfg.loss.kind!r} is not one of mae, mse, huber")
+    if cfg.optim.schedule not in ("cosine", "plateau", "constant"):
+        raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not one of cosine, plateau, constant")
+    if cfg.train.dtype not in ("float32", "float64"):
+        raise ConfigError(f"train.dtype: {cfg.train.dtype!r} is not float32 or float64")
+    if cfg.objective == "combined" and not cfg.data.properties:
+        raise ConfigError("objective 'combined' needs data.properties (the property names to learn)")
+    for key, value in [("train.max_steps", cfg.train.max_steps), ("scaling.num_workers", cfg.scaling.num_workers),
+                       ("data.max_atoms", cfg.data.max_atoms), ("train.eval_every", cfg.train.eval_every),
+                       ("train.checkpoint_every", cfg.train.checkpoint_every), ("train.keep_checkpoints", cfg.train.keep_checkpoints)]:
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training data given (a shard directory)")
+    return cfg
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Load a packaged config by name or a YAML file, apply dotted ``key=value`` overrides."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(PretrainConfig)
+    layers = [schema]
+    origin = "defaults"
+    try:
+        if name_or_path:
+            text, origin = _config_text(name_or_path)
+            layers.append(OmegaConf.create(text))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        msg = str(exc).strip().splitlines()
+        raise ConfigError(f"{origin}: {msg[0] if msg else exc}" + (f" ({msg[1].strip()})" if len(msg) > 1 else "")) from None
+    assert isinstance(cfg, PretrainConfig)
+    return validate(cfg)
+
+
+def to_dict(cfg: PretrainConfig) -> dict[str, Any]:
+    """Plain nested dict (JSON/YAML-able) of a config."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: PretrainConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> PretrainConfig:
+    """Rebuild a config from :func:`to_dict` output (e.g. stored in a checkpoint)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.create(data)))
+    assert isinstance(cfg, PretrainConfig)
+    return cfg
