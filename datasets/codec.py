@@ -58,6 +58,13 @@ def decode(blob: bytes) -> Record:
         meta = json.loads(t.pop("meta").tobytes().decode("utf-8"))
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"not a matforge record: {exc}") from None
+    try:
+        return _record(t, meta)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # well-formed safetensors, wrong contents
+        raise ValueError(f"not a matforge record: missing or malformed field ({type(exc).__name__}: {exc})") from None
+
+
+def _record(t: dict[str, np.ndarray], meta: dict) -> Record:
     energy = t.get("energy")
     properties = {k[len(_PROP_PREFIX):]: float(v) for k, v in t.items() if k.startswith(_PROP_PREFIX)}
     return Record(
