@@ -109,7 +109,26 @@ class ShardWriter:
 # --- reading -------------------------------------------------------------------------------------
 
 _ENVS: dict[str, lmdb.Environment] = {}
+_FILE_IDS: dict[str, tuple[int, int]] = {}  # (st_dev, st_ino) of the file each environment maps
 _LOCK = threading.Lock()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_short_file(path: str, env: lmdb.Environment) -> None:
+    """A file cut shorter than the pages its LMDB meta page claims would crash the process with
+    SIGBUS on the first read past its end; refuse it while only the meta pages have been read."""
+    needed = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = os.path.getsize(path)
+    if size < needed:
+        env.close()
+        raise DatasetError(f"{path}: truncated shard ({size} bytes on disk, its LMDB pages need {needed})")
 
 
 def _close_inherited() -> None:
@@ -119,30 +138,44 @@ def _close_inherited() -> None:
         except lmdb.Error:
             pass
     _ENVS.clear()
+    _FILE_IDS.clear()
 
 
 os.register_at_fork(after_in_child=_close_inherited)
 
 
-def open_env(path: Path | str) -> lmdb.Environment:
-    """Return this process's read-only environment for ``path``, opening it on first use."""
+def open_env(path: Path | str, revalidate: bool = False) -> lmdb.Environment:
+    """Return this process's read-only environment for ``path``, opening it on first use.
+
+    ``revalidate`` (used when a dataset is opened) reopens the environment if the file at ``path``
+    was replaced since (e.g. ``convert --overwrite``), so the process does not read the old file.
+    """
     key = os.path.abspath(path)
     env = _ENVS.get(key)
-    if env is not None:
+    if env is not None and not (revalidate and _file_id(key) != _FILE_IDS.get(key)):
         return env
     with _LOCK:
         env = _ENVS.get(key)
+        if env is not None and revalidate and _file_id(key) != _FILE_IDS.get(key):
+            _FILE_IDS.pop(key, None)
+            _ENVS.pop(key).close()
+            env = None
         if env is None:
+            file_id = _file_id(key)
             try:
                 env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
             except lmdb.Error as exc:
                 raise DatasetError(f"{key}: cannot open shard ({exc})") from None
+            _refuse_short_file(key, env)
             _ENVS[key] = env
+            if file_id is not None:
+                _FILE_IDS[key] = file_id
     return env
 
 
 def close_env(path: Path | str) -> None:
     """Close this process's environment for ``path`` if open (e.g. before replacing the file)."""
+    _FILE_IDS.pop(os.path.abspath(path), None)
     env = _ENVS.pop(os.path.abspath(path), None)
     if env is not None:
         env.close()
@@ -150,7 +183,7 @@ def close_env(path: Path | str) -> None:
 
 def read_header(path: Path | str) -> dict:
     """Read and check a shard's header; raise :class:`DatasetError` for a foreign file."""
-    env = open_env(path)
+    env = open_env(path, revalidate=True)
     try:
         with env.begin(buffers=False) as txn:
             raw = txn.get(HEADER_KEY)

@@ -7,8 +7,10 @@ Assignment (deterministic for a seed): the groups are put in a random order draw
 ``numpy.random.default_rng(seed)``; each group in turn goes to the split whose record count is
 furthest below its target, i.e. ``argmax_k (f_k · R - c_k)`` with ``f_k`` the fraction, ``R`` the
 number of records and ``c_k`` the records already assigned (ties go to the earlier split). Since
-``Σ_k (f_k R - c_k) > 0`` until every record is placed, a split with ``f_k = 0`` never receives a
-group, and each split ends within one group's size of its target.
+``Σ_k (f_k R - c_k) > 0`` until every record is placed, the chosen split is always below its target:
+a split with ``f_k = 0`` never receives a group, no split ends more than one group (the largest,
+``g``) above its target, and none more than ``(K - 1) g`` below it (``K`` splits), because the
+shortfalls sum to the overshoots.
 
 Files: ``DIR/splits/<name>.npy`` (int64 global record indices, sorted) for each split and
 ``DIR/splits/split.json`` (names, fractions, group, seed, counts, the manifest's dataset id). The
