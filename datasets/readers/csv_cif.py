@@ -52,7 +52,10 @@ class CsvCifReader(Reader):
             raise SourceError(self.path, f"cannot open ({exc.strerror})") from None
         with f:
             reader = csv.DictReader(f)
-            header = reader.fieldnames
+            try:
+                header = reader.fieldnames
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise SourceError(self.path, f"unreadable CSV header ({exc})") from None
             if not header:
                 raise SourceError(self.path, "empty CSV (no header)")
             if cif_col not in header:
@@ -60,11 +63,14 @@ class CsvCifReader(Reader):
             id_col = self.options.get("id_column") or ("material_id" if "material_id" in header else header[0])
             if id_col not in header:
                 raise SourceError(self.path, f"no {id_col!r} column (columns: {header})")
+            row_number = 0
             try:
                 for row_number, row in enumerate(reader, start=1):
                     yield RawItem(f"row {row_number}", (id_col, cif_col, row))
-            except csv.Error as exc:
+            except (csv.Error, UnicodeDecodeError) as exc:
                 raise SourceError(self.path, f"malformed CSV near row {reader.line_num} ({exc})") from None
+            if row_number == 0:
+                raise SourceError(self.path, "no data rows (header only)")
 
     def to_record(self, item: RawItem) -> Record:
         id_col, cif_col, row = item.payload

@@ -38,7 +38,8 @@ def load_json_list(path: Path, what: str) -> list[Any]:
     except json.JSONDecodeError as exc:
         if not exc.doc.strip():
             raise SourceError(path, "file is empty") from None
-        hint = "; the file looks truncated" if exc.pos >= len(exc.doc.rstrip()) else ""
+        at_end = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+        hint = "; the file looks truncated" if at_end else ""
         raise SourceError(path, f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}){hint}") from None
     except RecursionError:
         raise SourceError(path, "JSON nested too deeply") from None
