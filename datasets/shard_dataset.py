@@ -9,6 +9,7 @@ pickles cheaply into DataLoader workers and Ray workers, which open their own en
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -144,5 +145,14 @@ def open_dataset(directory: Path | str, split: str | None = None, verify_checksu
         raise DatasetError(f"{directory}: index.npz has {index['natoms'].shape[0]} records, manifest {manifest.num_records}")
     dataset = ShardDataset(directory, manifest, index)
     if split is not None:
-        dataset = dataset.subset(load_split(directory, split))
+        indices = load_split(directory, split)
+        info_path = directory / SPLITS_DIR / "split.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            if info.get("dataset_id") not in (None, manifest.dataset_id):
+                raise DatasetError(f"{info_path}: splits were made for another dataset (id {info.get('dataset_id')}); "
+                                   f"re-run `matforge data split {directory}`")
+        if indices.size and (indices.min() < 0 or indices.max() >= manifest.num_records):
+            raise DatasetError(f"{directory}: split {split!r} indexes records outside 0..{manifest.num_records - 1}")
+        dataset = dataset.subset(indices)
     return dataset
