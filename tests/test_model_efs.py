@@ -1,0 +1,430 @@
+"""Energy, forces and stress of ``AtomisticModel`` against the physics they must obey (issue 3).
+
+Every check runs in float64 on real structures (mlearn Mo frames, perov5 cells; see
+``tests/fixtures/physics/README.md``) and on derived cells: a left-handed cell, a 1-atom cell, a
+3×3×3 supercell, an isolated atom. Models are untrained but seeded, with their linear weights scaled
+up so the energy is a strongly non-linear function of the geometry (the checks assert that forces
+and stresses are far from zero, so they are not vacuous).
+
+Finite differences re-run the neighbour list (vesin) at every displaced geometry. That is the
+energy function an optimiser or MD integrator actually sees. Re-using the unperturbed edge list
+would instead differentiate a fixed graph (pairs that leave the sphere would keep contributing
+and pairs that enter would be missed), i.e. test autograd against itself, and would hide any jump
+of the energy when a pair crosses the cutoff. With a smooth envelope (value and slope zero at
+r_c) the two agree to O(h³) even when a pair sits at the cutoff; ``test_pair_crossing_the_cutoff``
+puts one exactly there.
+
+To add a backbone (e.g. ``cgcnn_attention`` once it has a smooth variant), add its small
+hyper-parameters to ``ARCHS``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from matforge.datasets.graphs import GraphBuilder
+from matforge.datasets.readers.structures import from_cif_text, from_structure_dict
+from matforge.datasets.record import Record
+from matforge.models.heads import EnergyHead
+from matforge.models.model import AtomisticModel
+from matforge.models.registry import create
+
+FIXTURES = Path(__file__).parent / "fixtures" / "physics"
+CUTOFF = 4.5
+ARCHS = {
+    # avg_neighbors=1: messages undivided, so the random model's forces are O(0.1-1) eV/Å
+    "cgcnn_smooth": dict(hidden=16, num_interactions=2, cutoff=CUTOFF, num_radial=8, avg_neighbors=1.0),
+    "painn": dict(hidden=16, num_interactions=2, cutoff=CUTOFF, num_radial=8),
+}
+WEIGHT_SCALE = 2.0
+RTOL = 1e-4
+FD_STEP = 1e-4  # Å for positions, dimensionless for strain
+
+
+# ----------------------------------------------------------------------------------------------
+# structures
+
+
+def _record(rid: str, numbers, positions, cell, pbc=(True, True, True)) -> Record:
+    return Record(id=rid, numbers=np.asarray(numbers, dtype=np.int64), positions=np.asarray(positions, float),
+                  cell=np.asarray(cell, float), pbc=np.asarray(pbc, dtype=bool))
+
+
+def _mlearn() -> list[Record]:
+    entries = json.loads((FIXTURES / "mlearn_Mo_training_subset.json").read_text())
+    return [_record(f"mlearn-Mo-{e['group']}-{e['num_atoms']}", *from_structure_dict(e["structure"]))
+            for e in entries]
+
+
+def _perov5() -> list[Record]:
+    with open(FIXTURES / "perov5_val_subset.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [_record(f"perov5-{row['material_id']}", *from_cif_text(row["cif"])) for row in rows]
+
+
+def supercell(record: Record, n: tuple[int, int, int]) -> Record:
+    """Tile ``record`` n0×n1×n2 times (atoms of image (a, b, c) follow in blocks)."""
+    images = np.array([(a, b, c) for a in range(n[0]) for b in range(n[1]) for c in range(n[2])], dtype=float)
+    offsets = images @ record.cell
+    positions = (record.positions[None, :, :] + offsets[:, None, :]).reshape(-1, 3)
+    return _record(f"{record.id}-x{n}", np.tile(record.numbers, len(images)), positions,
+                   np.diag(n) @ record.cell)
+
+
+def left_handed(record: Record) -> Record:
+    """The same crystal described by lattice vectors (b, a, c): det(cell) < 0."""
+    return _record(record.id + "-left", record.numbers, record.positions, record.cell[[1, 0, 2]])
+
+
+def one_atom_cell() -> Record:
+    """bcc Mo primitive cell (a = 3.16 Å), sheared by a small symmetric strain: a triclinic 1-atom
+    cell whose stress has all six components."""
+    a = 3.16
+    cell = 0.5 * a * np.array([[-1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
+    strain = np.array([[0.02, 0.015, -0.01], [0.015, -0.01, 0.02], [-0.01, 0.02, 0.03]])
+    return _record("Mo-bcc-1atom-sheared", [42], [[0.3, -0.2, 0.1]], cell @ (np.eye(3) + strain))
+
+
+def deform(record: Record, strain: np.ndarray) -> Record:
+    """Apply ``F = I + strain`` to positions and cell (row vectors), the convention of the model."""
+    f = np.eye(3) + strain
+    return _record(record.id, record.numbers, record.positions @ f, record.cell @ f, record.pbc)
+
+
+def rattle(record: Record, amplitude: float, seed: int) -> Record:
+    rng = np.random.default_rng(seed)
+    return _record(record.id, record.numbers, record.positions + amplitude * rng.standard_normal(record.positions.shape),
+                   record.cell, record.pbc)
+
+
+MLEARN = _mlearn()
+PEROV5 = _perov5()
+# name -> record; the 2-atom bcc frame is rattled (it is a perfect crystal, where forces vanish)
+STRUCTURES = {
+    "mlearn-Mo-AIMD-54": MLEARN[2],
+    "mlearn-Mo-surface-6": MLEARN[1],
+    "mlearn-Mo-bcc-2-rattled": rattle(MLEARN[0], 0.05, seed=1),
+    "perov5-CuCdN3-rattled": rattle(PEROV5[0], 0.05, seed=2),
+    "perov5-VIrO3-left-handed": left_handed(rattle(PEROV5[1], 0.05, seed=3)),
+    "Mo-1-atom": one_atom_cell(),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# model and evaluation helpers
+
+
+def make_model(arch: str, seed: int = 0) -> AtomisticModel:
+    torch.manual_seed(seed)
+    backbone = create(arch, **ARCHS[arch])
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(WEIGHT_SCALE)
+    head = EnergyHead(backbone.embedding_dim, hidden=16, scale=3.0)
+    return AtomisticModel(backbone, {"energy": head}).double()
+
+
+def graph_batch(records: list[Record], cutoff: float = CUTOFF) -> Batch:
+    builder = GraphBuilder(cutoff=cutoff, dtype="float64")
+    return Batch.from_data_list([builder(r) for r in records])
+
+
+def efs(model: AtomisticModel, record: Record) -> tuple[float, np.ndarray, np.ndarray]:
+    out = model(graph_batch([record]), forces=True, stress=True)
+    return (float(out["energy"].detach()[0]), out["forces"].detach().numpy(), out["stress"][0].detach().numpy())
+
+
+def energy(model: AtomisticModel, record: Record) -> float:
+    with torch.no_grad():
+        return float(model(graph_batch([record]))["energy"][0])
+
+
+def fd_forces(model: AtomisticModel, record: Record, components: list[tuple[int, int]]) -> np.ndarray:
+    values = []
+    for atom, axis in components:
+        e = []
+        for sign in (1.0, -1.0):
+            moved = record.positions.copy()
+            moved[atom, axis] += sign * FD_STEP
+            e.append(energy(model, _record(record.id, record.numbers, moved, record.cell, record.pbc)))
+        values.append(-(e[0] - e[1]) / (2 * FD_STEP))
+    return np.array(values)
+
+
+def fd_stress(model: AtomisticModel, record: Record) -> np.ndarray:
+    """σ_ab = (1/|V|) dE/dh along the symmetric strain h (e_a e_bᵀ + e_b e_aᵀ)/2."""
+    volume = abs(np.linalg.det(record.cell))
+    sigma = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            e = []
+            for sign in (1.0, -1.0):
+                strain = np.zeros((3, 3))
+                strain[a, b] += sign * FD_STEP / 2
+                strain[b, a] += sign * FD_STEP / 2
+                e.append(energy(model, deform(record, strain)))
+            sigma[a, b] = sigma[b, a] = (e[0] - e[1]) / (2 * FD_STEP) / volume
+    return sigma
+
+
+def assert_close_relative(analytic: np.ndarray, numeric: np.ndarray, what: str) -> None:
+    """Max deviation <= RTOL × the largest magnitude (components zero by symmetry included)."""
+    scale = np.abs(numeric).max()
+    err = np.abs(analytic - numeric).max()
+    assert err <= RTOL * scale, f"{what}: max error {err:.3e} > {RTOL} × {scale:.3e}"
+
+
+def random_rotation(seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def model(request) -> AtomisticModel:
+    return make_model(request.param)
+
+
+# ----------------------------------------------------------------------------------------------
+# derivatives against finite differences
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_forces_and_stress_match_finite_differences(model, name):
+    record = STRUCTURES[name]
+    _, forces, stress = efs(model, record)
+    rng = np.random.default_rng(0)
+    n = record.natoms
+    if n <= 6:
+        components = [(i, k) for i in range(n) for k in range(3)]
+    else:
+        components = [(int(i), int(k)) for i, k in zip(rng.choice(n, 6, replace=False), rng.integers(0, 3, 6))]
+    analytic = np.array([forces[i, k] for i, k in components])
+    if n > 1:
+        assert np.abs(forces).max() > 0.02, "forces are ~0: the test would be vacuous"
+        assert_close_relative(analytic, fd_forces(model, record, components), f"{name} forces")
+    else:  # one atom per cell: every atom is an inversion centre, the force vanishes exactly
+        np.testing.assert_allclose(forces, 0.0, atol=1e-12)
+    assert np.abs(stress).max() > 1e-3, "stress is ~0: the test would be vacuous"
+    np.testing.assert_allclose(stress, stress.T, atol=1e-14)
+    assert_close_relative(stress, fd_stress(model, record), f"{name} stress")
+
+
+def test_large_supercell_derivatives_and_extensivity(model):
+    """3×3×3 perov5 supercell (135 atoms): E = 27 E_cell, forces tile, stress equal, and a few
+    force components and the full stress against finite differences."""
+    cell = STRUCTURES["perov5-CuCdN3-rattled"]
+    big = supercell(cell, (3, 3, 3))
+    e1, f1, s1 = efs(model, cell)
+    e27, f27, s27 = efs(model, big)
+    assert e27 == pytest.approx(27 * e1, rel=1e-12)
+    np.testing.assert_allclose(f27, np.tile(f1, (27, 1)), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s27, s1, rtol=1e-9, atol=1e-13)
+    components = [(7, 0), (64, 1), (133, 2)]
+    assert_close_relative(np.array([f27[i, k] for i, k in components]), fd_forces(model, big, components),
+                          "supercell forces")
+    assert_close_relative(s27, fd_stress(model, big), "supercell stress")
+
+
+# ----------------------------------------------------------------------------------------------
+# symmetries
+
+
+@pytest.mark.parametrize("name", ["mlearn-Mo-AIMD-54", "perov5-VIrO3-left-handed", "Mo-1-atom"])
+def test_rotation_invariance_and_covariance(model, name):
+    record = STRUCTURES[name]
+    rot = random_rotation(seed=7)
+    rotated = _record(record.id, record.numbers, record.positions @ rot.T, record.cell @ rot.T)
+    e, f, s = efs(model, record)
+    e_r, f_r, s_r = efs(model, rotated)
+    assert e_r == pytest.approx(e, rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(f_r, f @ rot.T, atol=1e-10)
+    np.testing.assert_allclose(s_r, rot @ s @ rot.T, atol=1e-12)
+
+
+def test_reflection_invariance(model):
+    """Both backbones are O(3)-invariant: the mirror image has the same energy, mirrored forces."""
+    record = STRUCTURES["mlearn-Mo-AIMD-54"]
+    mirror = np.diag([1.0, -1.0, 1.0])
+    mirrored = _record(record.id, record.numbers, record.positions @ mirror, record.cell @ mirror)
+    e, f, s = efs(model, record)
+    e_m, f_m, s_m = efs(model, mirrored)
+    assert e_m == pytest.approx(e, rel=1e-12)
+    np.testing.assert_allclose(f_m, f @ mirror, atol=1e-10)
+    np.testing.assert_allclose(s_m, mirror @ s @ mirror, atol=1e-12)
+
+
+def test_translation_and_permutation_invariance(model):
+    record = STRUCTURES["mlearn-Mo-AIMD-54"]
+    rng = np.random.default_rng(3)
+    e, f, s = efs(model, record)
+    shifted = _record(record.id, record.numbers, record.positions + np.array([1.3, -7.1, 0.4]), record.cell)
+    e_t, f_t, s_t = efs(model, shifted)
+    assert e_t == pytest.approx(e, rel=1e-12)
+    np.testing.assert_allclose(f_t, f, atol=1e-10)
+    np.testing.assert_allclose(s_t, s, atol=1e-12)
+    perm = rng.permutation(record.natoms)
+    permuted = _record(record.id, record.numbers[perm], record.positions[perm], record.cell)
+    e_p, f_p, s_p = efs(model, permuted)
+    assert e_p == pytest.approx(e, rel=1e-12)
+    np.testing.assert_allclose(f_p, f[perm], atol=1e-10)
+    np.testing.assert_allclose(s_p, s, atol=1e-12)
+
+
+def test_left_handed_cell_is_the_same_crystal(model):
+    """Lattice vectors (b, a, c) describe the crystal of (a, b, c): same E, F and stress (|det|)."""
+    right = rattle(PEROV5[1], 0.05, seed=3)
+    left = left_handed(right)
+    assert np.linalg.det(left.cell) < 0 < np.linalg.det(right.cell)
+    e_r, f_r, s_r = efs(model, right)
+    e_l, f_l, s_l = efs(model, left)
+    assert e_l == pytest.approx(e_r, rel=1e-12)
+    np.testing.assert_allclose(f_l, f_r, atol=1e-10)
+    np.testing.assert_allclose(s_l, s_r, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlearn-Mo-surface-6", "perov5-CuCdN3-rattled", "Mo-1-atom"])
+def test_supercell_is_extensive(model, name):
+    record = STRUCTURES[name]
+    e, f, s = efs(model, record)
+    e8, f8, s8 = efs(model, supercell(record, (2, 2, 2)))
+    assert e8 == pytest.approx(8 * e, rel=1e-12)
+    np.testing.assert_allclose(f8, np.tile(f, (8, 1)), atol=1e-10)
+    np.testing.assert_allclose(s8, s, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# signs, isolated atoms, batching, element references, training graph
+
+
+def test_stress_sign_follows_ase_convention(model):
+    """ASE: σ = (1/V) ∂E/∂ε, tensile positive. So if tr σ > 0 the energy falls when the cell
+    shrinks, and if tr σ < 0 it falls when the cell grows. Checked on a perov5 cell stretched by
+    +4% and compressed by -4% (the random model's energy decides which sign each one has)."""
+    base = PEROV5[0]
+    for s in (0.04, -0.04):
+        cell = deform(base, s * np.eye(3))
+        _, _, stress = efs(model, cell)
+        trace = float(np.trace(stress))
+        assert abs(trace) > 1e-3
+        step = 1e-3 * np.sign(trace)
+        e0 = energy(model, cell)
+        assert energy(model, deform(cell, -step * np.eye(3))) < e0 < energy(model, deform(cell, step * np.eye(3)))
+
+
+def test_isolated_atom_has_finite_energy_and_zero_force(model):
+    lonely = _record("Mo-in-a-box", [42], [[1.0, 2.0, 3.0]], 20.0 * np.eye(3))
+    batch = graph_batch([lonely])
+    assert batch.edge_index.shape[1] == 0 and bool(batch.isolated[0])
+    out = model(batch, forces=True, stress=True)
+    assert torch.isfinite(out["energy"]).all()
+    assert out["forces"].abs().max() == 0.0
+    assert out["stress"].abs().max() == 0.0
+    # next to a real structure in one batch, it changes nothing of the other graph
+    other = STRUCTURES["perov5-CuCdN3-rattled"]
+    e, f, s = efs(model, other)
+    joint = model(graph_batch([other, lonely]), forces=True, stress=True)
+    assert float(joint["energy"].detach()[0]) == pytest.approx(e, rel=1e-12)
+    assert float(joint["energy"].detach()[1]) == pytest.approx(float(out["energy"].detach()[0]), rel=1e-12)
+    np.testing.assert_allclose(joint["forces"][: other.natoms].detach().numpy(), f, atol=1e-12)
+    assert joint["forces"][other.natoms:].abs().max() == 0.0
+    np.testing.assert_allclose(joint["stress"][0].detach().numpy(), s, atol=1e-14)
+
+
+def test_pair_crossing_the_cutoff_is_smooth(model):
+    """A Mo dimer in a large box: as the pair separates through r_c the energy tends to that of two
+    free atoms and the force to zero, continuously (values at r_c - h and r_c + h)."""
+    box = 30.0 * np.eye(3)
+
+    def dimer(r: float) -> Record:
+        return _record("dimer", [42, 42], [[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0]], box)
+
+    e_far, f_far, _ = efs(model, dimer(CUTOFF + 1e-3))
+    assert np.abs(f_far).max() == 0.0
+    e_mid, f_mid, _ = efs(model, dimer(0.8 * CUTOFF))
+    assert abs(e_mid - e_far) > 1e-3 and np.abs(f_mid).max() > 1e-3  # the pair does interact
+    for h in (1e-2, 1e-3):
+        e_in, f_in, _ = efs(model, dimer(CUTOFF - h))
+        # u(r_c - h) ~ h³ (polynomial envelope, p = 5): energy ~h³, force ~h² away from the free value
+        assert abs(e_in - e_far) < 50 * h**3 * abs(e_mid - e_far) / 0.2**3
+        assert np.abs(f_in).max() < 50 * h**2 * np.abs(f_mid).max() / 0.2**2
+
+
+def test_batch_equals_single_graphs(model):
+    """Stress and forces are per graph: a batch of different cells gives each graph's own values."""
+    names = ["mlearn-Mo-surface-6", "perov5-VIrO3-left-handed", "Mo-1-atom", "mlearn-Mo-bcc-2-rattled"]
+    records = [STRUCTURES[n] for n in names]
+    out = model(graph_batch(records), forces=True, stress=True)
+    start = 0
+    for k, record in enumerate(records):
+        e, f, s = efs(model, record)
+        assert float(out["energy"].detach()[k]) == pytest.approx(e, rel=1e-12)
+        np.testing.assert_allclose(out["forces"][start:start + record.natoms].detach().numpy(), f, atol=1e-12)
+        np.testing.assert_allclose(out["stress"][k].detach().numpy(), s, atol=1e-14)
+        start += record.natoms
+
+
+def test_element_reference_energies_add_per_atom(model):
+    record = STRUCTURES["perov5-CuCdN3-rattled"]
+    refs = torch.zeros(101, dtype=torch.float64)
+    refs[29], refs[48], refs[7] = -1.5, -0.25, -3.0   # Cu, Cd, N
+    with_refs = AtomisticModel(model.backbone, {"energy": model.heads["energy"]}, element_refs=refs).double()
+    e, f, s = efs(model, record)
+    e_r, f_r, s_r = efs(with_refs, record)
+    expected = sum({29: -1.5, 48: -0.25, 7: -3.0}[int(z)] for z in record.numbers)
+    assert e_r - e == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_array_equal(f_r, f)
+    np.testing.assert_array_equal(s_r, s)
+
+
+def test_training_graph_gives_correct_parameter_gradients(model):
+    """create_graph=True: d/dθ Σ F² by double backward equals the finite difference in θ."""
+    record = STRUCTURES["mlearn-Mo-surface-6"]
+    batch = graph_batch([record])
+    out = model(batch, forces=True, stress=True, create_graph=True)
+    assert out["forces"].requires_grad and out["stress"].requires_grad
+    param = next(p for p in model.backbone.blocks[0].parameters() if p.dim() == 2)
+    model.zero_grad()
+    (out["forces"].pow(2).sum() + out["stress"].pow(2).sum()).backward()
+    grad = param.grad.detach().clone()
+    index = tuple(int(v) for v in torch.nonzero(grad.abs() == grad.abs().max())[0])
+    h = 1e-6
+    losses = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            param[index] += sign * h
+        o = model(batch, forces=True, stress=True)
+        losses.append(float(o["forces"].pow(2).sum() + o["stress"].pow(2).sum()))
+        with torch.no_grad():
+            param[index] -= sign * h
+    model.zero_grad()
+    assert grad[index].abs() > 1e-6
+    assert float(grad[index]) == pytest.approx((losses[0] - losses[1]) / (2 * h), rel=1e-5)
+
+
+def test_inference_outputs_are_detached_and_need_an_energy_head(model):
+    batch = graph_batch([STRUCTURES["Mo-1-atom"]])
+    with torch.no_grad():
+        out = model(batch, forces=True, stress=True)
+    assert not out["energy"].requires_grad and not out["forces"].requires_grad
+    assert not batch.pos.requires_grad
+    no_energy = AtomisticModel(model.backbone, {})
+    with pytest.raises(ValueError, match="'energy' head"):
+        no_energy(batch, forces=True)
+
+
+def test_check_elements_names_unseen_elements():
+    model = AtomisticModel(create("painn", **ARCHS["painn"]), {}, elements=[42, 8])
+    model.check_elements(torch.tensor([42, 8, 42]))
+    with pytest.raises(ValueError, match=r"element\(s\) N \(Z=7\), Cu \(Z=29\);"):
+        model.check_elements(torch.tensor([42, 29, 7]))
+    AtomisticModel(create("painn", **ARCHS["painn"]), {}).check_elements(torch.tensor([1, 100]))
