@@ -147,3 +147,9 @@ def test_cli_reports_an_empty_id_prop_in_one_line(folder: Path, tmp_path: Path, 
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err == f"matforge: error: {folder / 'id_prop.csv'}: empty (no data rows)"
+
+
+def test_a_byte_order_mark_in_id_prop_is_ignored(folder: Path) -> None:
+    (folder / "id_prop.csv").write_bytes(b"\xef\xbb\xbf9009743,7.0\r\n")
+    [rec] = _records(folder)
+    assert rec.id == "9009743" and rec.properties == {"target": 7.0}

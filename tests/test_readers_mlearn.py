@@ -204,3 +204,12 @@ def test_cli_reports_a_truncated_file_in_one_line(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"matforge: error: {path}: invalid JSON (")
+
+
+def test_ids_without_element_and_tag_fall_back_to_symbols_and_file_name(tmp_path: Path) -> None:
+    entries = json.loads(LI.read_text())[GROUND:]
+    for entry in entries:
+        del entry["element"], entry["tag"]
+    path = tmp_path / "extra.json"
+    path.write_text(json.dumps(entries))
+    assert [r.id for r in _records(path)] == ["Li-extra-0"]

@@ -94,7 +94,7 @@ class CgcnnFolderReader(Reader):
     def _rows(self) -> Iterator[tuple[int, list[str]]]:
         """Non-blank rows of ``id_prop.csv`` as ``(line number, stripped fields)``."""
         try:
-            f = open(self.id_prop, newline="", encoding="utf-8")
+            f = open(self.id_prop, newline="", encoding="utf-8-sig")  # -sig: drop a BOM written by spreadsheets
         except OSError as exc:
             raise SourceError(self.id_prop, f"cannot open ({exc.strerror})") from None
         with f:

@@ -76,6 +76,13 @@ def classify(record_id: str, element: str, group: str, description: str) -> Fram
     return Frame(record_id, None, None)
 
 
+def _formula_elements(numbers: np.ndarray) -> str:
+    """``'GeSi'``: the element symbols of a structure, sorted, for records without an 'element'."""
+    from ase.data import chemical_symbols
+
+    return "".join(sorted({chemical_symbols[int(z)] for z in numbers}))
+
+
 def parse_stress_order(text: str) -> tuple[str, ...]:
     """``'xx,yy,zz,xy,yz,xz'`` -> a tuple of the six distinct components; ValueError otherwise."""
     order = tuple(c.strip().lower() for c in text.split(","))
@@ -130,7 +137,7 @@ class MlearnReader(Reader):
         num_atoms = entry.get("num_atoms")
         if num_atoms is not None and num_atoms != n:
             raise RecordError(f"num_atoms is {num_atoms!r} but the structure has {n} sites")
-        element = str(entry.get("element") or "").strip() or "-".join(sorted({str(z) for z in numbers}))
+        element = str(entry.get("element") or "").strip() or _formula_elements(numbers)
         tag = str(entry.get("tag") or stem).strip()
         record_id = f"{element}-{tag}-{index}"
 
