@@ -54,10 +54,12 @@ def make_reader(path: Path | str, fmt: str = "auto", options: Mapping[str, str] 
     name = detect_format(path) if fmt == "auto" else fmt
     if not path.exists():
         raise SourceError(path, "no such file or directory")
+    if name not in READERS:
+        raise SourceError(path, f"unknown format {name!r}; known: {', '.join(READERS)}")
     cls = reader_class(name)
     unknown = set(options or {}) - set(cls.option_names)
     if unknown:
-        raise ValueError(f"format {name!r} has no option(s) {sorted(unknown)}; it takes {list(cls.option_names) or 'none'}")
+        raise SourceError(path, f"format {name!r} has no option(s) {sorted(unknown)}; it takes {list(cls.option_names) or 'none'}")
     return cls(path, options)
 
 
