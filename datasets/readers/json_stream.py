@@ -56,7 +56,7 @@ class NonFiniteAsStrings:
     still seen whole. ``consumed`` counts the raw bytes read so far (for error messages).
     """
 
-    def __init__(self, raw: BinaryIO, block: int = 1 << 20) -> None:
+    def __init__(self, raw: BinaryIO, block: int = 1 << 16) -> None:
         self._raw = raw
         self._block = block
         self._pending = b""
@@ -163,7 +163,8 @@ def stream_error(path: Path, exc: BaseException, consumed: int | None = None) ->
     import ijson
 
     where = f" after {consumed:,} bytes" if consumed else ""
-    if isinstance(exc, ijson.IncompleteJSONError) and "premature EOF" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, ijson.JSONError) and ("premature eof" in text or "incomplete" in text):
         return SourceError(path, f"truncated JSON: the file ends in the middle of a value{where}")
     if isinstance(exc, ijson.JSONError):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
