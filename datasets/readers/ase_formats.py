@@ -150,11 +150,11 @@ def parse_index(index: str) -> int | slice:
     try:
         selection = string2index(index)
     except (ValueError, TypeError):
-        raise ValueError(f"ase option index={index!r} is not an ASE index (examples: ':', '-1', '10:', '::5')") from None
+        selection = None
+    if not isinstance(selection, (int, slice)):
+        raise ValueError(f"ase option index={index!r} is not an ASE index (examples: ':', '-1', '10:', '::5')")
     if isinstance(selection, slice) and (selection.step or 1) <= 0:
         raise ValueError(f"ase option index={index!r}: negative or zero steps are not supported")
-    if not isinstance(selection, (int, slice)):
-        raise ValueError(f"ase option index={index!r} must select by position")
     return selection
 
 
@@ -290,7 +290,13 @@ class AseReader(Reader):
             raise SourceError(self.path, "holds no structures") from None
         position, selected = 0, 0
         while True:
-            following = next(frames, None)
+            try:
+                following = next(frames, None)
+            except SourceError:
+                # the next frame is unreadable: hand out this one (not the file's last) first
+                if position in chosen:
+                    yield position, False, current
+                raise
             if position in chosen:
                 selected += 1
                 yield position, following is None, current
