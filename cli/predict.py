@@ -54,17 +54,16 @@ def output_columns(model: Any) -> tuple[str, list[str]]:
                      "nothing to predict")
 
 
-def iter_graphs(sources: list[str], fmt: str, options: dict[str, str], builder: Any, model: Any,
+def iter_graphs(readers: list[tuple[str, Any]], builder: Any, model: Any,
                 report: Callable[[str, str, str], None]) -> Iterator[tuple[str, Any]]:
-    """Yield ``(record id, graph)`` for every usable record; ``report(source, record, reason)`` the others."""
+    """Yield ``(record id, graph)`` for every usable record of the ``(source, reader)`` pairs;
+    ``report(source, record, reason)`` the others."""
     import torch
 
     from matforge.datasets.errors import RecordError
-    from matforge.datasets.readers import make_reader
     from matforge.datasets.record import validate
 
-    for source in sources:
-        reader = make_reader(source, fmt, options)
+    for source, reader in readers:
         for item in reader.items():
             try:
                 record = validate(reader.to_record(item))
@@ -100,10 +99,11 @@ def predict(model: Any, graphs: Iterator[tuple[str, Any]], key: str, batch_size:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
+    import os
 
     from matforge.cli.data_convert import parse_options
     from matforge.datasets.graphs import GraphBuilder, GraphConfig
+    from matforge.datasets.readers import make_reader
     from matforge.models.backbone_file import load
 
     if args.batch_size < 1:
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     builder = GraphBuilder(GraphConfig(cutoff=featurisation["cutoff"], max_neighbors=featurisation["max_neighbors"],
                                        dtype=featurisation.get("dtype", "float32"), on_isolated="flag"))
     key, columns = output_columns(model)
+    options = parse_options(args.option)
+    readers = [(source, make_reader(source, args.format, options)) for source in args.sources]  # fail before writing
 
     failures: list[str] = []
 
@@ -120,20 +122,33 @@ def run(args: argparse.Namespace) -> int:
         failures.append(record)
         print(f"{source}: {record}: {reason}", file=sys.stderr)
 
-    graphs = iter_graphs(args.sources, args.format, parse_options(args.option), builder, model, report)
-    handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    rows = predict(model, iter_graphs(readers, builder, model, report), key, args.batch_size)
     written = 0
-    try:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["id", *columns])
-        for record_id, values in predict(model, graphs, key, args.batch_size):
-            writer.writerow([record_id, *(repr(v) for v in values)])
-            written += 1
-    finally:
-        if args.out:
-            handle.close()
-    if args.out:
+    if args.out:  # write beside the target, then rename: no half-written CSV after an error
+        partial = f"{args.out}.partial"
+        try:
+            with open(partial, "w", newline="", encoding="utf-8") as handle:
+                written = write_csv(handle, columns, rows)
+            os.replace(partial, args.out)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
         print(f"wrote {written} prediction(s) to {args.out}", file=sys.stderr)
+    else:
+        written = write_csv(sys.stdout, columns, rows)
     if failures:
         print(f"{len(failures)} record(s) failed and were left out (see above)", file=sys.stderr)
     return 1 if failures and not written else 0
+
+
+def write_csv(handle: Any, columns: list[str], rows: Iterator[tuple[str, list[float]]]) -> int:
+    """Write the header and the rows (values as shortest round-tripping decimals); return the count."""
+    import csv
+
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(["id", *columns])
+    count = 0
+    for record_id, values in rows:
+        writer.writerow([record_id, *(repr(v) for v in values)])
+        count += 1
+    return count

@@ -87,6 +87,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         first = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:300]
+        if "global" not in first.lower():  # not a refused object: the bytes are not a pickle
+            raise CgcnnImportError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
         raise CgcnnImportError(f"{path}: refused to unpickle a non-tensor object ({first}); "
                                "only weights and plain values can be imported") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors... on bad files
