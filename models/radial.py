@@ -47,7 +47,7 @@ from torch import Tensor, nn
 class BesselBasis(nn.Module):
     """``e_n(r) = sqrt(2/r_c) sin(n π r / r_c) / r`` for n = 1..num_basis; (E,) Å -> (E, K).
 
-    ``trainable=True`` makes the frequencies ``n π / r_c`` learnable (as in DimeNet).
+    ``trainable=True`` makes the frequencies learnable (as in DimeNet), as multiples ``n`` of π/r_c.
     Edge lengths must be positive (a periodic graph never has r = 0 edges).
     """
 
@@ -59,16 +59,17 @@ class BesselBasis(nn.Module):
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.num_basis = int(num_basis)
         self.cutoff = float(cutoff)
-        freq = torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi / cutoff
-        if trainable:
-            self.frequencies = nn.Parameter(freq)
-        else:
-            self.register_buffer("frequencies", freq)
         self.prefactor = math.sqrt(2.0 / cutoff)
+        # n = 1..K; the factor π/r_c is applied as a Python float so float64 models keep full precision
+        n = torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype())
+        if trainable:
+            self.n = nn.Parameter(n)
+        else:
+            self.register_buffer("n", n, persistent=False)
 
     def forward(self, r: Tensor) -> Tensor:
         r = r.unsqueeze(-1)
-        return self.prefactor * torch.sin(self.frequencies * r) / r
+        return self.prefactor * torch.sin(self.n * (r * (math.pi / self.cutoff))) / r
 
 
 class GaussianBasis(nn.Module):
@@ -84,15 +85,17 @@ class GaussianBasis(nn.Module):
         if stop <= start:
             raise ValueError(f"stop ({stop}) must exceed start ({start})")
         self.num_basis = int(num_basis)
-        centres = torch.linspace(start, stop, num_basis, dtype=torch.get_default_dtype())
-        self.register_buffer("centres", centres)
-        spacing = (stop - start) / (num_basis - 1)
-        self.width = float(width if width is not None else spacing)
+        self.start = float(start)
+        self.spacing = (stop - start) / (num_basis - 1)
+        # μ_k = start + k · spacing, formed in the input's dtype (exact in float64 models)
+        self.register_buffer("k", torch.arange(num_basis, dtype=torch.get_default_dtype()), persistent=False)
+        self.width = float(width if width is not None else self.spacing)
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
 
     def forward(self, r: Tensor) -> Tensor:
-        return torch.exp(-((r.unsqueeze(-1) - self.centres) ** 2) / (2.0 * self.width**2))
+        centres = self.start + self.k * self.spacing
+        return torch.exp(-((r.unsqueeze(-1) - centres) ** 2) / (2.0 * self.width**2))
 
 
 class PolynomialEnvelope(nn.Module):
