@@ -362,3 +362,16 @@ def test_sniffing_by_name_and_content(tmp_path: Path) -> None:
                   FIXTURES / "matdeeplearn" / "jdft2d.json", FIXTURES / "perov5" / "val.csv", FIXTURES / "cgcnn",
                   FIXTURES / "cgcnn" / "atom_init.json"]:
         assert not AseReader.sniff(other), other
+
+
+def test_explicit_format_leaves_unrecognised_files_to_ase(tmp_path: Path) -> None:
+    atoms, want = _dft_frames()[3]  # the Li ground state
+    path = tmp_path / "POSCAR"
+    ase.io.write(path, atoms, format="vasp", direct=False)
+    assert not AseReader.sniff(path)
+    with pytest.raises(SourceError, match="cannot tell the format"):
+        detect_format(path)
+    [rec] = _records(path)
+    assert rec.id == "POSCAR:0" and rec.energy is None and rec.forces is None and rec.stress is None
+    np.testing.assert_allclose(rec.positions, want["positions"], atol=1e-8)
+    np.testing.assert_allclose(rec.cell, atoms.cell.array, atol=1e-12)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import gzip
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -223,7 +224,7 @@ class AseReader(Reader):
 
         if read_head(self.path, 16).startswith(SQLITE_MAGIC):
             try:
-                with sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True) as con:
+                with closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)) as con:
                     tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             except sqlite3.Error as exc:
                 raise SourceError(self.path, f"unreadable SQLite file ({exc})") from None
@@ -262,25 +263,26 @@ class AseReader(Reader):
         return None
 
     # -- selection ---------------------------------------------------------------------------
-    def _positions(self) -> tuple[range | None, int | None]:
-        """The positions the ``index`` option selects: ``(range or None for 'until the end', count)``."""
+    def _positions(self) -> range | None:
+        """Positions the ``index`` option selects; None for "from ``start`` to the end by ``step``".
+
+        Negative positions need the number of frames, counted by one extra pass over the file.
+        """
         sel = self.selection
         if isinstance(sel, int):
             if sel >= 0:
-                return range(sel, sel + 1), None
+                return range(sel, sel + 1)
             n = sum(1 for _ in self._frames())
             if sel + n < 0:
                 raise SourceError(self.path, f"index {sel} is out of range: the file has {n} frames")
-            return range(sel + n, sel + n + 1), n
-        start, stop, step = sel.start, sel.stop, sel.step or 1
-        if (start is not None and start < 0) or (stop is not None and stop < 0):
-            n = sum(1 for _ in self._frames())
-            return range(*sel.indices(n)), n
-        return (None if stop is None else range(start or 0, stop, step)), None
+            return range(sel + n, sel + n + 1)
+        if (sel.start is not None and sel.start < 0) or (sel.stop is not None and sel.stop < 0):
+            return range(*sel.indices(sum(1 for _ in self._frames())))
+        return None if sel.stop is None else range(sel.start or 0, sel.stop, sel.step or 1)
 
     def _selected(self) -> Iterator[tuple[int, bool, tuple[str, Any, dict[str, Any]]]]:
         """``(position, is last in file, frame)`` for each selected frame, in file order."""
-        chosen, _ = self._positions()
+        chosen = self._positions()
         if chosen is None:  # open-ended slice with non-negative start: no count needed
             chosen = range(self.selection.start or 0, 2**62, self.selection.step or 1)
         frames = self._frames()
