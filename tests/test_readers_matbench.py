@@ -150,14 +150,19 @@ def test_truncated_file_streams_its_first_rows_then_fails(tmp_path: Path) -> Non
     assert 50 < len(seen) < 200
 
 
-def test_a_cut_gzip_stream_is_a_source_error(tmp_path: Path) -> None:
+def test_cut_or_corrupt_gzip_streams_are_source_errors(tmp_path: Path) -> None:
     data = JDFT2D.read_bytes()
-    path = tmp_path / "matbench_jdft2d.json.gz"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SourceError, match="truncated gzip stream|truncated JSON") as info:
-        convert([path], tmp_path / "out", fmt="matbench")
-    assert info.value.path == str(path)
-    assert not (tmp_path / "out").exists()
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[600:640] = b"x" * 40
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(bytes(corrupt))
+    for path, message in [(cut, "truncated gzip stream"), (bad, "corrupt gzip stream|invalid JSON")]:
+        with pytest.raises(SourceError, match=message) as info:
+            convert([path], tmp_path / "out", fmt="matbench")
+        assert info.value.path == str(path)
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text, message", [

@@ -14,8 +14,11 @@ kind                file                                                 frames
 ==================  ===================================================  ============================
 
 A file that none of these matches but that is passed explicitly with ``--format ase`` is left to
-ASE's own format detection (kind ``other``). Files are streamed: ``ase.io.iread`` (text and trajectory files) or a database cursor; one parsed
-frame (two for OUTCAR, see below) is held at a time.
+ASE's own format detection (kind ``other``).
+
+Files are streamed: ``ase.io.iread`` (text and trajectory files) or a SQLite cursor; one parsed
+frame is held at a time (two: the reader looks one frame ahead to know which is the file's last).
+ASE loads an ASE-JSON database whole; use SQLite for large databases.
 
 Labels (units as ASE holds them: eV, eV/Å, eV/Å³ with ASE's sign, tensile positive):
 
@@ -46,8 +49,10 @@ Identity:
   is one trajectory, ``frame`` = position in the file), ``frame`` (default for extxyz and
   databases: each structure is its own trajectory), or the name of an ``info`` key / database key
   whose value names the trajectory (frames numbered in file order within each value).
-* ``equilibrium``: an OUTCAR whose relaxation printed ``reached required accuracy`` has converged,
-  so its last ionic step is flagged relaxed (True) and the earlier steps off-equilibrium (False).
+* ``equilibrium``: VASP prints ``reached required accuracy - stopping structural energy
+  minimisation`` when an ionic relaxation meets its EDIFFG criterion, so in an OUTCAR holding that
+  line the last ionic step is flagged relaxed (True) and the earlier steps, which the relaxation
+  moved on from, off-equilibrium (False).
   Every other file gives None (unknown): nothing in an extxyz file or a database says whether a
   structure is relaxed, and vasprun.xml does not record whether the relaxation converged.
 * option ``index``: an ASE index string (``":"`` default, ``"-1"``, ``"10:"``, ``"::5"``) choosing
