@@ -1,0 +1,146 @@
+"""Shards → PyG batches through a torch ``DataLoader``: graph building and collation in workers.
+
+::
+
+    AtomBudgetBatchSampler (main process)  ──  list of record indices per batch
+        │
+        ▼  loader worker (or the main process when num_workers=0)
+    ShardDataset[i] ─ decode ─► GraphBuilder.parts ─ vesin ─► GraphParts   (per structure)
+        │  collate (one numpy concatenation per field)
+        ▼
+    torch_geometric.data.Batch  ──►  training loop
+
+:class:`GraphDataset` is an ordinary map-style dataset (``ds[i]`` is a PyG ``Data``), so it also
+works with PyG's own loaders. :func:`make_loader` wires the fast path: the DataLoader hands each
+worker a whole batch of indices, the worker builds :class:`~matforge.datasets.graphs.GraphParts`
+and collates them straight into a ``Batch`` (no per-structure ``Data``).
+
+Processes: the datasets hold paths, the manifest and small arrays, never an open LMDB handle, so
+they pickle into DataLoader workers (fork or spawn) and Ray workers; each process opens its own
+read-only environments on first use (:mod:`matforge.datasets.shards`, whose at-fork hook drops
+handles inherited from a parent that had already read records).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch, Data
+
+from matforge.datasets.graphs import GraphBuilder, GraphConfig, GraphParts, collate
+from matforge.datasets.sampler import AtomBudgetBatchSampler
+from matforge.datasets.shard_dataset import ShardDataset
+
+
+class GraphDataset(Dataset):
+    """Records of ``records`` as graphs: ``ds[i]`` is a ``Data`` whose ``idx`` is ``i``.
+
+    ``records``: a :class:`ShardDataset` (or any indexable of records with a ``natoms`` array).
+    """
+
+    def __init__(self, records: ShardDataset, config: GraphConfig | None = None) -> None:
+        self.records = records
+        self.config = config if config is not None else GraphConfig()
+        self.builder = GraphBuilder(self.config)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def natoms(self) -> np.ndarray:
+        """(len,) atoms per structure, for atom-budget batching."""
+        return np.asarray(self.records.natoms)
+
+    def parts(self, i: int) -> GraphParts:
+        return self.builder.parts(self.records[i], i)
+
+    def __getitem__(self, i: int) -> Data:
+        return self.builder(self.records[i], int(i))
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        """Read, build and collate the structures at ``indices`` into one ``Batch``."""
+        return self.builder.collate([self.parts(int(i)) for i in indices])
+
+    def __repr__(self) -> str:
+        return f"GraphDataset({self.records!r}, {self.config})"
+
+
+class _PartsView(Dataset):
+    """What :func:`make_loader`'s DataLoader indexes: graphs as ``GraphParts``, a batch at a time
+    (``__getitems__``), so the worker's collate function can build the ``Batch`` directly."""
+
+    def __init__(self, graphs: GraphDataset) -> None:
+        self.graphs = graphs
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, i: int) -> GraphParts:
+        return self.graphs.parts(int(i))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[GraphParts]:
+        return [self.graphs.parts(int(i)) for i in indices]
+
+
+class CollateParts:
+    """Picklable collate function: ``list[GraphParts] -> Batch`` in the config's float dtype."""
+
+    def __init__(self, config: GraphConfig) -> None:
+        self.dtype = config.torch_dtype
+
+    def __call__(self, parts: list[GraphParts]) -> Batch:
+        return collate(parts, self.dtype)
+
+
+def make_loader(
+    dataset: ShardDataset | GraphDataset,
+    graph_config: GraphConfig | None,
+    max_atoms: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    multiprocessing_context: Any = None,
+) -> tuple[DataLoader, AtomBudgetBatchSampler]:
+    """A DataLoader of PyG ``Batch`` es under an atom budget, and its sampler.
+
+    ``dataset``: records (a :class:`ShardDataset`, graphs built with ``graph_config``) or a
+    :class:`GraphDataset` (``graph_config`` None or equal to its own). ``max_atoms``: atom budget
+    per batch. ``shuffle``/``seed``/``world_size``/``rank``/``drop_last``/``epoch``/``start_batch``:
+    see :class:`AtomBudgetBatchSampler`; call ``sampler.set_epoch(e)`` before each epoch.
+    ``persistent_workers`` defaults to ``num_workers > 0``. ``multiprocessing_context``: e.g.
+    ``"spawn"`` or ``"fork"`` (default: the platform's).
+    """
+    if isinstance(dataset, GraphDataset):
+        if graph_config is not None and graph_config != dataset.config:
+            raise ValueError(f"graph_config {graph_config} differs from the dataset's {dataset.config}")
+        graphs = dataset
+    else:
+        graphs = GraphDataset(dataset, graph_config)
+    sampler = AtomBudgetBatchSampler(
+        graphs.natoms, max_atoms, shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
+        drop_last=drop_last, epoch=epoch, start_batch=start_batch,
+    )
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra["persistent_workers"] = persistent_workers
+        extra["multiprocessing_context"] = multiprocessing_context
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = prefetch_factor
+    loader = DataLoader(
+        _PartsView(graphs), batch_sampler=sampler, collate_fn=CollateParts(graphs.config),
+        num_workers=num_workers, pin_memory=pin_memory, **extra,
+    )
+    return loader, sampler
