@@ -299,16 +299,37 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _stack_optional(values: list, sizes: np.ndarray, shape: tuple[int, ...], np_float: type) -> np.ndarray:
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory when ``shared`` (inside a DataLoader worker the
+    batch then crosses to the main process without another copy, as PyG's own collate does)."""
+    if shared and hasattr(torch.UntypedStorage, "_new_shared"):
+        numel = 1
+        for extent in shape:
+            numel *= int(extent)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        storage = torch.UntypedStorage._new_shared(numel * itemsize)
+        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return torch.empty(shape, dtype=dtype)
+
+
+def _cat(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: torch.dtype, shared: bool, axis: int = 0) -> torch.Tensor:
+    """Concatenate numpy ``arrays`` along ``axis`` into a new tensor of ``shape`` and ``dtype``."""
+    out = _empty(shape, dtype, shared)
+    if out.numel():
+        np.concatenate(arrays, axis=axis, out=out.numpy(), casting="same_kind")
+    return out
+
+
+def _cat_optional(values: list, sizes: np.ndarray, shape: tuple[int, ...], dtype: torch.dtype,
+                  shared: bool) -> torch.Tensor:
     """Concatenate optional per-graph arrays of ``(size_b, *shape)``, zeros where absent."""
-    present = [v is not None for v in values]
     total = int(sizes.sum())
+    present = [v is not None for v in values]
     if not any(present):
-        return np.zeros((total, *shape), dtype=np_float)
-    if all(present):
-        return np.concatenate(values).astype(np_float, copy=False).reshape(total, *shape)
-    filled = [v if v is not None else np.zeros((int(s), *shape)) for v, s in zip(values, sizes)]
-    return np.concatenate(filled).astype(np_float, copy=False).reshape(total, *shape)
+        return torch.zeros((total, *shape), dtype=dtype)
+    if not all(present):
+        values = [v if v is not None else np.zeros((int(n), *shape)) for v, n in zip(values, sizes)]
+    return _cat([np.reshape(v, (-1, *shape)) for v in values], (total, *shape), dtype, shared)
 
 
 def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> Batch:
@@ -319,6 +340,7 @@ def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> 
     """
     if len(parts) == 0:
         raise ValueError("cannot collate an empty list of graphs")
+    shared = torch.utils.data.get_worker_info() is not None
     np_float = np.float32 if dtype == torch.float32 else np.float64
     num_graphs = len(parts)
     num_props = len(parts[0].y)
@@ -326,38 +348,42 @@ def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> 
     nedges = np.fromiter((p.edge_index.shape[1] for p in parts), dtype=np.int64, count=num_graphs)
     node_off = _offsets(natoms)
     edge_off = _offsets(nedges)
+    n, e = int(node_off[-1]), int(edge_off[-1])
     ones = np.ones(num_graphs, dtype=np.int64)
 
-    edge_index = np.concatenate([p.edge_index for p in parts], axis=1)
-    edge_index += np.repeat(node_off[:-1], nedges)
+    edge_index = _cat([p.edge_index for p in parts], (2, e), torch.long, shared, axis=1)
+    edge_index.numpy()[...] += np.repeat(node_off[:-1], nedges)
     energies = [p.energy for p in parts]
 
-    fields: dict[str, tuple[np.ndarray, np.ndarray]] = {  # name -> (values, per-graph sizes)
+    def small(values: list, np_dtype: type) -> torch.Tensor:
+        return torch.from_numpy(np.array(values, dtype=np_dtype))
+
+    fields: dict[str, tuple[torch.Tensor, np.ndarray]] = {  # name -> (batched tensor, per-graph sizes)
         "edge_index": (edge_index, nedges),
-        "y": (np.asarray([p.y for p in parts], dtype=np_float).reshape(num_graphs, num_props), ones),
-        "pos": (np.concatenate([p.pos for p in parts]).astype(np_float, copy=False), natoms),
-        "z": (np.concatenate([p.z for p in parts]).astype(np.int64, copy=False), natoms),
-        "cell": (np.stack([p.cell for p in parts]).astype(np_float, copy=False), ones),
-        "pbc": (np.stack([p.pbc for p in parts]).astype(bool, copy=False), ones),
-        "shifts": (np.concatenate([p.shifts for p in parts]), nedges),
-        "natoms": (natoms, ones),
-        "energy": (np.array([0.0 if e is None else e for e in energies], dtype=np_float), ones),
-        "forces": (_stack_optional([p.forces for p in parts], natoms, (3,), np_float), natoms),
-        "stress": (_stack_optional([p.stress for p in parts], ones, (3, 3), np_float), ones),
-        "y_mask": (np.asarray([p.y_mask for p in parts], dtype=bool).reshape(num_graphs, num_props), ones),
-        "has_energy": (np.array([e is not None for e in energies], dtype=bool), ones),
-        "has_forces": (np.array([p.forces is not None for p in parts], dtype=bool), ones),
-        "has_stress": (np.array([p.stress is not None for p in parts], dtype=bool), ones),
-        "equilibrium": (np.array([p.equilibrium for p in parts], dtype=np.int64), ones),
-        "isolated": (np.array([p.isolated for p in parts], dtype=bool), ones),
-        "idx": (np.array([p.idx for p in parts], dtype=np.int64), ones),
+        "y": (small([p.y for p in parts], np_float).reshape(num_graphs, num_props), ones),
+        "pos": (_cat([p.pos for p in parts], (n, 3), dtype, shared), natoms),
+        "z": (_cat([p.z for p in parts], (n,), torch.long, shared), natoms),
+        "cell": (small([p.cell for p in parts], np_float).reshape(num_graphs, 3, 3), ones),
+        "pbc": (small([p.pbc for p in parts], bool).reshape(num_graphs, 3), ones),
+        "shifts": (_cat([p.shifts for p in parts], (e, 3), torch.long, shared), nedges),
+        "natoms": (torch.from_numpy(natoms), ones),
+        "energy": (small([0.0 if v is None else v for v in energies], np_float), ones),
+        "forces": (_cat_optional([p.forces for p in parts], natoms, (3,), dtype, shared), natoms),
+        "stress": (_cat_optional([p.stress for p in parts], ones, (3, 3), dtype, False), ones),
+        "y_mask": (small([p.y_mask for p in parts], bool).reshape(num_graphs, num_props), ones),
+        "has_energy": (small([v is not None for v in energies], bool), ones),
+        "has_forces": (small([p.forces is not None for p in parts], bool), ones),
+        "has_stress": (small([p.stress is not None for p in parts], bool), ones),
+        "equilibrium": (small([p.equilibrium for p in parts], np.int64), ones),
+        "isolated": (small([p.isolated for p in parts], bool), ones),
+        "idx": (small([p.idx for p in parts], np.int64), ones),
     }
 
     batch = Batch(_base_cls=Data)
     slice_dict: dict[str, torch.Tensor] = {}
     inc_dict: dict[str, torch.Tensor] = {}
     for name, (values, sizes) in fields.items():
-        batch[name] = torch.from_numpy(values)
+        batch[name] = values
         slice_dict[name] = torch.arange(num_graphs + 1) if sizes is ones else torch.from_numpy(_offsets(sizes))
         inc_dict[name] = torch.zeros(num_graphs, dtype=torch.long)
     inc_dict["edge_index"] = torch.from_numpy(node_off[:-1].copy())
@@ -365,7 +391,7 @@ def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> 
     # What Batch.from_data_list adds: per-graph node counts, the total, and the batch/ptr vectors.
     store = batch.stores[0]
     store._num_nodes = natoms.tolist()
-    batch.num_nodes = int(node_off[-1])
+    batch.num_nodes = n
     batch.batch = torch.from_numpy(np.repeat(np.arange(num_graphs, dtype=np.int64), natoms))
     batch.ptr = torch.from_numpy(node_off)
     batch._num_graphs = num_graphs
