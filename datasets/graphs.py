@@ -302,10 +302,10 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in shared memory when ``shared`` (inside a DataLoader worker the
     batch then crosses to the main process without another copy, as PyG's own collate does)."""
-    if shared and hasattr(torch.UntypedStorage, "_new_shared"):
-        numel = 1
-        for extent in shape:
-            numel *= int(extent)
+    numel = 1
+    for extent in shape:
+        numel *= int(extent)
+    if shared and numel and hasattr(torch.UntypedStorage, "_new_shared"):
         itemsize = torch.empty((), dtype=dtype).element_size()
         storage = torch.UntypedStorage._new_shared(numel * itemsize)
         return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
