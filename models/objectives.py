@@ -123,7 +123,7 @@ def _per_atom(mask: Tensor, batch: Any, num_atoms: int) -> Tensor:
 class Objective:
     """Base class; see the module docstring. Subclasses set ``name`` and the three flags."""
 
-    name: ClassVar[str] = ""
+    name: str = ""
     needs_forces: bool = False
     needs_stress: bool = False
     create_graph: bool = False
@@ -223,7 +223,7 @@ class EnergyObjective(Objective):
         super().__init__(**kwargs)
         if name not in self.COMPONENTS:
             raise ValueError(f"EnergyObjective name must be one of {', '.join(self.COMPONENTS)}, got {name!r}")
-        self.name = name  # type: ignore[misc]
+        self.name = name
         self.components = self.COMPONENTS[name]
         self.needs_forces = "forces" in self.components
         self.needs_stress = "stress" in self.components
@@ -303,8 +303,9 @@ class _DenoiseObjective(Objective):
 
     def _fit(self, sample: Any, dataset: Any) -> dict[str, Any]:
         if self.equilibrium_only and sample.num_equilibrium == 0:
+            where = describe_dataset(dataset)
             raise ValueError(f"objective {self.name!r} noises relaxed structures only, and none of the "
-                             f"{sample.num_records} records sampled from {describe_dataset(dataset)} is flagged relaxed "
+                             f"{sample.num_records} records sampled from {where} is flagged relaxed "
                              "(use equilibrium_only=False to noise every structure)")
         return {}
 

@@ -5,7 +5,6 @@ real model split over two simulated ranks, and a few optimisation steps that red
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import pytest
@@ -143,7 +142,8 @@ def test_denoise_derivative_target_is_the_restoring_force(noised):
     assert objective.needs_forces and objective.create_graph and not objective.needs_stress
     restoring = torch.from_numpy(-eta / SIGMA)          # F = -η/σ points back to the relaxed structure
     assert values(objective.terms({"forces": restoring}, batch)) == {"noise": (pytest.approx(0.0, abs=1e-12), 27.0)}
-    assert values(objective.metrics({"forces": restoring}, batch)) == {"denoise_mae": (pytest.approx(0.0, abs=1e-12), 27.0)}
+    assert values(objective.metrics({"forces": restoring}, batch)) == {
+        "denoise_mae": (pytest.approx(0.0, abs=1e-12), 27.0)}
     pushing = -restoring                                # F = +η/σ pushes further away
     expected = 2 * np.abs(eta[mask]).sum() / SIGMA
     assert values(objective.terms({"forces": pushing}, batch)) == {"noise": (pytest.approx(expected), 27.0)}
@@ -264,7 +264,7 @@ def test_missing_inputs_are_named(efs_batch):
     batch, recs = efs_batch
     with pytest.raises(ValueError, match="needs batch.noise and batch.noise_mask from its record transform"):
         build_objective("denoise_head").terms({"noise": torch.zeros(9, 3)}, batch)
-    with pytest.raises(ValueError, match=r"needs outputs\['forces'\]: call the model with \*\*objective.forward_options"):
+    with pytest.raises(ValueError, match=r"needs outputs\['forces'\]: call the model with \*\*objective"):
         build_objective("efs").terms({"energy": torch.zeros(3)}, batch)
     with pytest.raises(ValueError, match=r"build graphs with GraphConfig\(properties=\['gap'\]\)"):
         build_objective("combined", properties=["gap"]).terms({"properties": torch.zeros(3, 1)}, batch)
