@@ -68,7 +68,13 @@ class AtomEmbedding(nn.Module):
 
 
 class GatedConvolution(nn.Module):
-    """One smooth CGCNN layer (see the module docstring): residual, gated, enveloped messages."""
+    """One smooth CGCNN layer (see the module docstring): residual, gated, enveloped messages.
+
+    ``z_ij W = h_i W_i + h_j W_j + e(r_ij) W_e`` with ``W = [W_i; W_j; W_e]`` (the weight of
+    ``gate_and_core``): the two atom terms are computed once per atom (N rows) and gathered, so
+    the only per-edge product is the small ``e(r) W_e``. Same function as the linear map of the
+    concatenation, a fraction of the work.
+    """
 
     def __init__(self, dim: int, num_radial: int, norm: str, avg_neighbors: float) -> None:
         super().__init__()
@@ -79,8 +85,12 @@ class GatedConvolution(nn.Module):
     def forward(self, v: Tensor, edge_index: Tensor, radial: Tensor, env: Tensor) -> Tensor:
         j, i = edge_index[0], edge_index[1]
         h = self.norm(v)
-        z = torch.cat([h[i], h[j], radial], dim=-1)
-        gate, core = self.gate_and_core(z).chunk(2, dim=-1)
+        dim = h.shape[-1]
+        w_i, w_j, w_e = torch.split(self.gate_and_core.weight, [dim, dim, radial.shape[-1]], dim=1)
+        centre = nn.functional.linear(h, w_i).index_select(0, i)
+        neighbour = nn.functional.linear(h, w_j).index_select(0, j)
+        z = centre + neighbour + nn.functional.linear(radial, w_e, self.gate_and_core.bias)
+        gate, core = z.chunk(2, dim=-1)
         message = torch.sigmoid(gate) * nn.functional.softplus(core) * env.unsqueeze(-1)
         return v + self.inv_avg_neighbors * torch.zeros_like(v).index_add(0, i, message)
 
