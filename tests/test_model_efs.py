@@ -133,19 +133,20 @@ def make_model(arch: str, seed: int = 0) -> AtomisticModel:
     return AtomisticModel(backbone, {"energy": head}).double()
 
 
-def graph_batch(records: list[Record], cutoff: float = CUTOFF) -> Batch:
-    builder = GraphBuilder(cutoff=cutoff, dtype="float64")
+def graph_batch(records: list[Record], model: AtomisticModel) -> Batch:
+    """Graphs at the model's own cutoff and neighbour limit, float64."""
+    builder = GraphBuilder(cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype="float64")
     return Batch.from_data_list([builder(r) for r in records])
 
 
 def efs(model: AtomisticModel, record: Record) -> tuple[float, np.ndarray, np.ndarray]:
-    out = model(graph_batch([record]), forces=True, stress=True)
+    out = model(graph_batch([record], model), forces=True, stress=True)
     return (float(out["energy"].detach()[0]), out["forces"].detach().numpy(), out["stress"][0].detach().numpy())
 
 
 def energy(model: AtomisticModel, record: Record) -> float:
     with torch.no_grad():
-        return float(model(graph_batch([record]))["energy"][0])
+        return float(model(graph_batch([record], model))["energy"][0])
 
 
 def fd_forces(model: AtomisticModel, record: Record, components: list[tuple[int, int]]) -> np.ndarray:
@@ -323,7 +324,7 @@ def test_stress_sign_follows_ase_convention(model):
 
 def test_isolated_atom_has_finite_energy_and_zero_force(model):
     lonely = _record("Mo-in-a-box", [42], [[1.0, 2.0, 3.0]], 20.0 * np.eye(3))
-    batch = graph_batch([lonely])
+    batch = graph_batch([lonely], model)
     assert batch.edge_index.shape[1] == 0 and bool(batch.isolated[0])
     out = model(batch, forces=True, stress=True)
     assert torch.isfinite(out["energy"]).all()
@@ -332,7 +333,7 @@ def test_isolated_atom_has_finite_energy_and_zero_force(model):
     # next to a real structure in one batch, it changes nothing of the other graph
     other = STRUCTURES["perov5-CuCdN3-rattled"]
     e, f, s = efs(model, other)
-    joint = model(graph_batch([other, lonely]), forces=True, stress=True)
+    joint = model(graph_batch([other, lonely], model), forces=True, stress=True)
     assert float(joint["energy"].detach()[0]) == pytest.approx(e, rel=1e-12)
     assert float(joint["energy"].detach()[1]) == pytest.approx(float(out["energy"].detach()[0]), rel=1e-12)
     np.testing.assert_allclose(joint["forces"][: other.natoms].detach().numpy(), f, atol=1e-12)
@@ -341,29 +342,35 @@ def test_isolated_atom_has_finite_energy_and_zero_force(model):
 
 
 def test_pair_crossing_the_cutoff_is_smooth(model):
-    """A Mo dimer in a large box: as the pair separates through r_c the energy tends to that of two
-    free atoms and the force to zero, continuously (values at r_c - h and r_c + h)."""
+    """A Mo dimer in a large box, separated through the cutoff r_c. The envelope has u = u' = u'' = 0
+    at r_c, so the pair's energy vanishes like (r_c - r)³ and its force like (r_c - r)²: shrinking
+    the gap 10× must shrink them ~1000× and ~100×; beyond r_c there is no interaction at all."""
     box = 30.0 * np.eye(3)
+    rc = model.cutoff
 
     def dimer(r: float) -> Record:
         return _record("dimer", [42, 42], [[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0]], box)
 
-    e_far, f_far, _ = efs(model, dimer(CUTOFF + 1e-3))
-    assert np.abs(f_far).max() == 0.0
-    e_mid, f_mid, _ = efs(model, dimer(0.8 * CUTOFF))
-    assert abs(e_mid - e_far) > 1e-3 and np.abs(f_mid).max() > 1e-3  # the pair does interact
-    for h in (1e-2, 1e-3):
-        e_in, f_in, _ = efs(model, dimer(CUTOFF - h))
-        # u(r_c - h) ~ h³ (polynomial envelope, p = 5): energy ~h³, force ~h² away from the free value
-        assert abs(e_in - e_far) < 50 * h**3 * abs(e_mid - e_far) / 0.2**3
-        assert np.abs(f_in).max() < 50 * h**2 * np.abs(f_mid).max() / 0.2**2
+    e_free, f_free, _ = efs(model, dimer(rc + 1e-3))
+    assert np.abs(f_free).max() == 0.0
+    e_mid, f_mid, _ = efs(model, dimer(0.8 * rc))
+    assert abs(e_mid - e_free) > 1e-3 and np.abs(f_mid).max() > 1e-3  # the pair does interact
+    gaps = (1e-2, 1e-3)
+    de, df = [], []
+    for h in gaps:
+        e, f, _ = efs(model, dimer(rc - h))
+        de.append(abs(e - e_free))
+        df.append(np.abs(f).max())
+    assert de[0] > 0 and df[0] > 0
+    assert np.log10(de[0] / de[1]) == pytest.approx(3.0, abs=0.1)
+    assert np.log10(df[0] / df[1]) == pytest.approx(2.0, abs=0.1)
 
 
 def test_batch_equals_single_graphs(model):
     """Stress and forces are per graph: a batch of different cells gives each graph's own values."""
     names = ["mlearn-Mo-surface-6", "perov5-VIrO3-left-handed", "Mo-1-atom", "mlearn-Mo-bcc-2-rattled"]
     records = [STRUCTURES[n] for n in names]
-    out = model(graph_batch(records), forces=True, stress=True)
+    out = model(graph_batch(records, model), forces=True, stress=True)
     start = 0
     for k, record in enumerate(records):
         e, f, s = efs(model, record)
@@ -371,6 +378,12 @@ def test_batch_equals_single_graphs(model):
         np.testing.assert_allclose(out["forces"][start:start + record.natoms].detach().numpy(), f, atol=1e-12)
         np.testing.assert_allclose(out["stress"][k].detach().numpy(), s, atol=1e-14)
         start += record.natoms
+    # an unbatched Data (no ``batch`` vector) is one graph
+    single = GraphBuilder(cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype="float64")(records[1])
+    out1 = model(single, forces=True, stress=True)
+    e, f, s = efs(model, records[1])
+    assert float(out1["energy"].detach()[0]) == pytest.approx(e, rel=1e-12)
+    np.testing.assert_allclose(out1["stress"][0].detach().numpy(), s, atol=1e-14)
 
 
 def test_element_reference_energies_add_per_atom(model):
@@ -389,7 +402,7 @@ def test_element_reference_energies_add_per_atom(model):
 def test_training_graph_gives_correct_parameter_gradients(model):
     """create_graph=True: d/dθ Σ F² by double backward equals the finite difference in θ."""
     record = STRUCTURES["mlearn-Mo-surface-6"]
-    batch = graph_batch([record])
+    batch = graph_batch([record], model)
     out = model(batch, forces=True, stress=True, create_graph=True)
     assert out["forces"].requires_grad and out["stress"].requires_grad
     param = next(p for p in model.backbone.blocks[0].parameters() if p.dim() == 2)
@@ -412,7 +425,7 @@ def test_training_graph_gives_correct_parameter_gradients(model):
 
 
 def test_inference_outputs_are_detached_and_need_an_energy_head(model):
-    batch = graph_batch([STRUCTURES["Mo-1-atom"]])
+    batch = graph_batch([STRUCTURES["Mo-1-atom"]], model)
     with torch.no_grad():
         out = model(batch, forces=True, stress=True)
     assert not out["energy"].requires_grad and not out["forces"].requires_grad
@@ -428,3 +441,21 @@ def test_check_elements_names_unseen_elements():
     with pytest.raises(ValueError, match=r"element\(s\) N \(Z=7\), Cu \(Z=29\);"):
         model.check_elements(torch.tensor([42, 29, 7]))
     AtomisticModel(create("painn", **ARCHS["painn"]), {}).check_elements(torch.tensor([1, 100]))
+
+
+def test_strain_leaf_for_callers_and_zero_stress_without_a_cell(model):
+    """strain=True hands back the strain leaf: differentiating the energy by it gives V·σ. A
+    non-periodic graph (zero cell) has no volume: its stress is returned as zeros, forces as usual."""
+    record = STRUCTURES["perov5-CuCdN3-rattled"]
+    out = model(graph_batch([record], model), strain=True)
+    (grad,) = torch.autograd.grad(out["energy"].sum(), out["strain"])
+    _, _, stress = efs(model, record)
+    np.testing.assert_allclose(grad[0].numpy() / abs(np.linalg.det(record.cell)), stress, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="strain=False contradicts stress=True"):
+        model(graph_batch([record], model), stress=True, strain=False)
+    molecule = _record("Mo3", [42, 42, 42], [[0, 0, 0], [2.6, 0, 0], [1.2, 2.1, 0.3]], np.zeros((3, 3)),
+                       pbc=(False, False, False))
+    out = model(graph_batch([molecule], model), forces=True, stress=True)
+    assert out["stress"].abs().max() == 0.0
+    assert out["forces"].abs().max() > 1e-3
+    torch.testing.assert_close(out["forces"].sum(dim=0), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
