@@ -10,7 +10,11 @@ neighbour limit, and evaluates energy, forces and stress in one autograd pass
 * ``stress``: (6,) eV/Å³ in ASE's Voigt order (xx, yy, zz, yz, xz, xy), (1/V) ∂E/∂ε, tensile
   positive; only for structures with a non-singular cell (ASE asks for it on periodic systems).
 
-Use ``dtype="float64"`` for finite-difference checks, phonons or tight relaxations.
+Use ``dtype="float64"`` for finite-difference checks, phonons or tight relaxations. A model passed
+as an object is cast and moved in place (``nn.Module.to``) and put in eval mode. Backbones whose
+energy is not smooth (``backbone.smooth`` False, e.g. the exact CGCNN with its 12 nearest
+neighbours) work but trigger a warning: their forces are exact derivatives between neighbour-list
+changes only.
 """
 
 from __future__ import annotations
