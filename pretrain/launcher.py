@@ -1,0 +1,92 @@
+"""Driver side of ``matforge pretrain``: prepare data, start (or join) Ray, run the TorchTrainer.
+
+Locally an embedded Ray instance is started with the machine's CPUs; with ``address`` the run joins
+a cluster (``ray://`` or ``auto``). Ray Train V2 then runs ``scaling.num_workers`` workers
+(gloo on CPU, NCCL on GPU), each executing :func:`matforge.pretrain.worker.train_loop_per_worker`.
+
+Fault tolerance: ``FailureConfig(max_failures=run.max_failures)`` restarts the worker group from the
+last reported checkpoint when a worker dies; launching again with the same ``run.name`` and
+``run.storage_path`` resumes from the run's latest checkpoint (Ray restores its checkpoint manager
+from the run directory). After training the final model is exported to ``<run>/export``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matforge.pretrain.config import PretrainConfig, to_dict
+
+PASSED_ENV = ("MATFORGE_FAULT_INJECT", "MATFORGE_BATCH_LOG")
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    export_dir: Path | None
+    metrics: dict[str, Any]
+
+
+def worker_env(cfg: PretrainConfig) -> dict[str, str]:
+    threads = str(max(1, cfg.scaling.threads_per_worker))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+    env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+    return env
+
+
+def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env(cfg)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    needed = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    cpus = os.cpu_count() or 1
+    if needed > cpus:
+        print(f"[matforge] {cfg.scaling.num_workers} workers × {cfg.scaling.cpus_per_worker} CPU exceed the "
+              f"machine's {cpus} cores; oversubscribing", flush=True)
+    ray.init(num_cpus=max(cpus, int(needed + 0.999)), include_dashboard=False, runtime_env=runtime_env,
+             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool = True,
+                 launched_at: float | None = None) -> PretrainResult:
+    """Run (or resume) the pre-training ``cfg`` describes; return where its outputs are."""
+    launched_at = time.time() if launched_at is None else launched_at
+    from matforge.pretrain.data_prep import prepare
+
+    cfg, provenance = prepare(cfg)
+    _init_ray(cfg, address)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from matforge.pretrain.worker import train_loop_per_worker
+
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "provenance": provenance, "launched_at": launched_at},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                                           **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path,
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    export_dir = None
+    if export and checkpoint is not None:
+        from matforge.pretrain.export import export as export_backbone
+
+        export_dir = export_backbone(checkpoint, run_dir / "export")
+    return PretrainResult(run_dir=run_dir, checkpoint=checkpoint, export_dir=export_dir, metrics=dict(result.metrics or {}))

@@ -1,0 +1,124 @@
+"""Monitoring: TensorBoard on rank 0, throughput and data-wait accounting, a progress line.
+
+Every ``log_every`` steps each rank contributes (atoms, structures, seconds waiting for data,
+seconds of compute) to one ``all_reduce``; rank 0 then logs
+
+* ``throughput/atoms_per_s``, ``throughput/structures_per_s``: summed over ranks
+  (Σ_ranks count / wall time of the window);
+* ``time/data_wait_fraction``: Σ wait / Σ (wait + compute) over ranks;
+* ``memory/peak_mb``: peak resident memory of rank 0 (CUDA: peak allocated);
+
+beside the loss and its components, the learning rate and the gradient norm before clipping.
+Event files go to ``<run>/tensorboard`` (an absolute path under the run's storage); on resume the
+writer is opened with ``purge_step`` so curves never double back over replayed steps.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matforge.pretrain.distributed import all_reduce_sum
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict → ``{"a.b": v}`` with TensorBoard-friendly leaves (numbers, strings, bools)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (int, float, bool, str)) or value is None:
+        out[prefix] = "None" if value is None else value
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+class ThroughputMeter:
+    """Counts atoms/structures and splits wall time into data wait and compute, per window."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.atoms = 0
+        self.structures = 0
+        self.wait = 0.0
+        self.compute = 0.0
+        self.window_start = time.perf_counter()
+
+    def add(self, atoms: int, structures: int, wait: float, compute: float) -> None:
+        self.atoms += atoms
+        self.structures += structures
+        self.wait += wait
+        self.compute += compute
+
+    def reduce(self, world_size: int) -> dict[str, float]:
+        """Collective: every rank must call it at the same step."""
+        elapsed = time.perf_counter() - self.window_start
+        local = torch.tensor([self.atoms, self.structures, self.wait, self.compute, elapsed], dtype=torch.float64,
+                             device=self.device)
+        total = all_reduce_sum(local).cpu().tolist()
+        wall = total[4] / max(1, world_size)  # mean window length over ranks
+        busy = total[2] + total[3]
+        self.reset()
+        return {
+            "throughput/atoms_per_s": total[0] / wall if wall > 0 else 0.0,
+            "throughput/structures_per_s": total[1] / wall if wall > 0 else 0.0,
+            "time/data_wait_fraction": total[2] / busy if busy > 0 else 0.0,
+        }
+
+
+class Monitor:
+    """Rank 0's TensorBoard writer and progress line (a no-op on other ranks)."""
+
+    def __init__(self, log_dir: Path, enabled: bool, start_step: int, max_steps: int) -> None:
+        self.enabled = enabled
+        self.max_steps = max_steps
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step + 1 if start_step > 0 else None)
+
+    def hparams(self, config: dict[str, Any], fitted: dict[str, Any]) -> None:
+        if not self.writer:
+            return
+        import json
+
+        flat = flatten("", config, {})
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+        self.writer.add_text("normalisation", "```\n" + json.dumps(fitted, indent=2) + "\n```", 0)
+        # hparams in this run's own event file (run_name ".") so TensorBoard's HPARAMS tab links them
+        self.writer.add_hparams({k: v for k, v in flat.items()}, {"hparam/started": 1.0}, run_name=".")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def progress(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        parts = [f"step {step}/{self.max_steps}"]
+        for key in ("loss", "lr", "throughput/atoms_per_s", "time/data_wait_fraction"):
+            if key in values:
+                parts.append(f"{key.split('/')[-1]} {values[key]:.4g}")
+        print("[matforge] " + "  ".join(parts), file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.flush()
+            self.writer.close()

@@ -1,0 +1,330 @@
+"""The training loop each Ray Train worker runs (``TorchTrainer(train_loop_per_worker=...)``).
+
+One step on every rank::
+
+    batch  ← this rank's next pre-built atom-budget batch (no collective; the sampler deals batches)
+    out    ← DDP(model)(batch, forces=…, stress=…, create_graph=…)        (autograd EFS)
+    terms  ← objective.terms(out, batch)                                  (sum, count) per term
+    counts ← all_reduce(counts)                                           (one small vector)
+    loss   ← Σ_k w_k · sum_k · W / count_k      → backward → DDP averages → exact global mean
+    clip, AdamW step, lr ← schedule(step)
+
+Around it: normalisation fitted once on rank 0 and broadcast (skipped on resume: it lives in the
+model's buffers), validation every ``eval_every`` steps on the unwrapped model (each rank its share
+of the val batches, sums and counts all-reduced), TensorBoard + progress on rank 0, and a checkpoint
+every ``checkpoint_every`` steps through ``ray.train.report`` (rank 0 writes it; all ranks report,
+since report is a barrier).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matforge.pretrain.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from matforge.pretrain.config import PretrainConfig, from_dict
+from matforge.pretrain.distributed import all_reduce_sum, broadcast_json
+from matforge.pretrain.monitor import Monitor, ThroughputMeter, peak_memory_mb
+from matforge.pretrain.schedule import LRSchedule
+
+FAULT_ENV = "MATFORGE_FAULT_INJECT"
+"""Fault injection for tests: ``"rank=R,step=S"`` SIGKILLs rank R when it reaches step S, once per
+run (a marker file in the run directory stops it from firing again after the restart)."""
+
+
+def build_objective(cfg: PretrainConfig):
+    from matforge.models.objectives import build_objective as _build
+
+    return _build(
+        cfg.objective, loss_kind=cfg.loss.kind,
+        weights={"energy": cfg.loss.energy, "forces": cfg.loss.forces, "stress": cfg.loss.stress, "noise": cfg.loss.noise},
+        noise_std=cfg.denoise.std, equilibrium_only=cfg.denoise.equilibrium_only,
+        properties=list(cfg.data.properties), property_weights=dict(cfg.loss.properties), seed=cfg.train.seed,
+    )
+
+
+def build_model(cfg: PretrainConfig, objective: Any, elements: list[int]):
+    """Backbone from the registry + the heads the objective needs, in the run's dtype."""
+    from matforge.models.model import AtomisticModel
+    from matforge.models.registry import create
+
+    backbone = create(cfg.model.name, **cfg.model.hyperparameters)
+    model = AtomisticModel(backbone, objective.build_heads(backbone), elements=elements)
+    return model.to(torch.float64 if cfg.train.dtype == "float64" else torch.float32)
+
+
+def _maybe_inject_fault(rank: int, step: int, run_dir: Path) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    fields = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    if int(fields.get("rank", -1)) != rank or int(fields.get("step", -1)) != step:
+        return
+    marker = run_dir / f".fault-injected-rank{rank}-step{step}"
+    if marker.exists():
+        return
+    marker.write_text("SIGKILL\n")
+    print(f"[matforge] fault injection: SIGKILL rank {rank} at step {step}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+BATCH_LOG_ENV = "MATFORGE_BATCH_LOG"
+"""Set to 1 to write ``<run>/batches/rank<r>.jsonl``: which records each step saw (for audits/tests)."""
+
+
+class BatchLog:
+    """Optional audit trail: one JSON line per step with a hash of the batch's record indices."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, step: int, epoch: int, batch_index: int, idx: torch.Tensor) -> None:
+        if self.file:
+            digest = hashlib.sha1(idx.cpu().numpy().tobytes()).hexdigest()[:16]
+            self.file.write(json.dumps({"step": step, "epoch": epoch, "batch": batch_index, "idx_sha1": digest}) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class Evaluator:
+    """Validation on the unwrapped model: each rank its share, sums and counts all-reduced."""
+
+    def __init__(self, loader: Any, objective: Any, device: torch.device) -> None:
+        self.loader = loader
+        self.objective = objective
+        self.device = device
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.loader is None:
+            return {}
+        model.eval()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        needs_grad = self.objective.needs_forces or self.objective.needs_stress
+        with torch.set_grad_enabled(needs_grad):
+            for batch in self.loader:
+                batch = batch.to(self.device)
+                out = model(batch, forces=self.objective.needs_forces, stress=self.objective.needs_stress)
+                for name, term in self.objective.metrics(out, batch).items():
+                    sums[name] = sums.get(name, 0.0) + float(term.sum.detach())
+                    counts[name] = counts.get(name, 0.0) + float(term.count)
+        model.train()
+        names = sorted(set(sums) | set(counts))
+        # every rank must contribute the same names: the objective's metric names are fixed
+        vec = torch.tensor([sums.get(n, 0.0) for n in names] + [counts.get(n, 0.0) for n in names],
+                           dtype=torch.float64, device=self.device)
+        total = all_reduce_sum(vec).cpu().tolist()
+        k = len(names)
+        return {f"val/{n}": (total[i] / total[k + i] if total[k + i] > 0 else float("nan")) for i, n in enumerate(names)}
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    """Ray Train entry point; ``payload = {"config": to_dict(cfg), "provenance": {...}}``."""
+    import ray.train
+    import ray.train.torch
+
+    from matforge.datasets.graphs import GraphConfig
+    from matforge.datasets.loader import make_loader
+    from matforge.datasets.shard_dataset import open_dataset
+    from matforge.models.objectives import combine
+
+    cfg = from_dict(payload["config"])
+    provenance: dict[str, Any] = dict(payload.get("provenance", {}))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, cfg.scaling.threads_per_worker))
+    device = ray.train.torch.get_device()
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
+
+    train_records = open_dataset(cfg.data.train, split=cfg.data.train_split)
+    objective = build_objective(cfg)
+    model = build_model(cfg, objective, train_records.manifest.elements)
+    backbone = model.backbone
+    graph_config = GraphConfig(cutoff=backbone.cutoff, max_neighbors=backbone.max_neighbors,
+                               properties=tuple(objective.properties), dtype=cfg.train.dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                  betas=tuple(cfg.optim.betas))
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(Path(directory), model, optimizer)
+        objective.apply_fit(model, state.fitted)  # also restores what is not a buffer (model.elements)
+        if state.world_size != world:
+            print(f"[matforge] rank {rank}: resuming a {state.world_size}-worker run on {world} workers; "
+                  "batches are dealt anew from the saved epoch position", flush=True)
+        if rank == 0:
+            print(f"[matforge] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_index})", flush=True)
+    else:
+        state = TrainState(config=payload["config"], data_manifest_sha256=provenance.get("dataset_manifest_sha256", ""))
+        fitted = objective.fit(train_records, model) if rank == 0 else None
+        state.fitted = broadcast_json(fitted, device)
+        if rank != 0:
+            objective.apply_fit(model, state.fitted)
+    state.world_size = world
+    model.to(device)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+
+    transform = objective.record_transform()
+    loader, sampler = make_loader(
+        train_records, graph_config, cfg.data.max_atoms, shuffle=True, seed=cfg.train.seed, world_size=world,
+        rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index,
+        **({"transform": transform} if transform is not None else {}),
+    )
+    if len(sampler) == 0:
+        raise ValueError(f"{cfg.data.train}: no training batches for rank {rank} of {world} "
+                         f"(too few records for {world} workers?)")
+    evaluator = Evaluator(None, objective, device)
+    if cfg.data.val:
+        val_records = open_dataset(cfg.data.val, split=cfg.data.val_split)
+        val_loader, _ = make_loader(
+            val_records, graph_config, cfg.data.max_atoms, shuffle=False, seed=cfg.train.seed, world_size=world,
+            rank=rank, num_workers=0, drop_last=False,
+            **({"transform": transform} if transform is not None else {}),
+        )
+        evaluator = Evaluator(val_loader, objective, device)
+
+    schedule = LRSchedule(optimizer, cfg.optim.lr, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule,
+                          cfg.optim.min_lr_ratio, cfg.optim.plateau_factor, cfg.optim.plateau_patience)
+    if state.schedule:
+        schedule.load_state_dict(state.schedule)
+    monitor = Monitor(run_dir / "tensorboard", enabled=rank == 0, start_step=state.step, max_steps=cfg.train.max_steps)
+    if state.step == 0:
+        monitor.hparams(payload["config"], state.fitted)
+    batch_log = BatchLog(run_dir / "batches" / f"rank{rank}.jsonl" if os.environ.get(BATCH_LOG_ENV) else None)
+    meter = ThroughputMeter(device)
+    weights = objective.weights()
+    window_sums: dict[str, float] = {}
+    window_counts: dict[str, float] = {}
+    grad_norm = torch.tensor(0.0)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    metrics: dict[str, float] = dict(state.metrics)
+    launched_at = float(payload.get("launched_at", time.time()))
+    first_step_logged = False
+
+    model.train()
+    while state.step < cfg.train.max_steps:
+        for batch, wait in _timed(loader):
+            t1 = time.perf_counter()
+            step = state.step + 1
+            _maybe_inject_fault(rank, step, run_dir)
+            lr = schedule.step_to(step)
+            batch = batch.to(device)
+            batch_log.write(step, state.epoch, state.batch_index, batch.idx)
+            out = ddp_model(batch, forces=objective.needs_forces, stress=objective.needs_stress,
+                            create_graph=objective.create_graph)
+            terms = objective.terms(out, batch)
+            names = list(terms)
+            local_counts = torch.stack([torch.as_tensor(terms[n].count, dtype=torch.float64) for n in names])
+            global_counts = all_reduce_sum(local_counts.to(device))
+            loss = combine(terms, weights, dict(zip(names, global_counts)), world)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            state.step = step
+            state.batch_index += 1
+            meter.add(int(batch.num_nodes), int(batch.num_graphs), wait, time.perf_counter() - t1)
+            for n in names:
+                window_sums[n] = window_sums.get(n, 0.0) + float(terms[n].sum.detach())
+                window_counts[n] = window_counts.get(n, 0.0) + float(terms[n].count)
+
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                logged = _reduce_window(window_sums, window_counts, weights, device)
+                window_sums.clear()
+                window_counts.clear()
+                logged.update(meter.reduce(world))
+                logged.update({"lr": lr, "grad_norm": float(grad_norm), "memory/peak_mb": peak_memory_mb(device),
+                               "epoch": state.epoch})
+                if not first_step_logged:
+                    # wall time from the driver's launch to the end of this attempt's first logged window
+                    logged["time/launch_to_first_log_s"] = time.time() - launched_at
+                    first_step_logged = True
+                monitor.scalars(step, logged)
+                monitor.progress(step, logged)
+                metrics.update({k: v for k, v in logged.items() if k != "epoch"})
+
+            if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+                val = evaluator(model)
+                if val:
+                    monitor.scalars(step, val)
+                    metrics.update(val)
+                    schedule.observe(next(iter(val.values())))
+                    if rank == 0:
+                        print(f"[matforge] validation step {step}: "
+                              + "  ".join(f"{k[4:]} {v:.4g}" for k, v in val.items()), flush=True)
+
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+                state.schedule = schedule.state_dict()
+                state.metrics = dict(metrics)
+                _report(model, optimizer, state, cfg, provenance, rank, metrics)
+            if state.step >= cfg.train.max_steps:
+                break
+        else:  # this rank's batches of the epoch are exhausted (all ranks have the same count)
+            state.epoch += 1
+            state.batch_index = 0
+            sampler.set_epoch(state.epoch, 0)
+    monitor.close()
+    batch_log.close()
+
+
+def _timed(loader: Any):
+    """Yield ``(batch, seconds spent waiting for it)``."""
+    iterator = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t0
+
+
+def _reduce_window(sums: dict[str, float], counts: dict[str, float], weights: dict[str, float],
+                   device: torch.device) -> dict[str, float]:
+    """Global mean of each loss term over the logging window, and their weighted total."""
+    names = sorted(sums)
+    vec = torch.tensor([sums[n] for n in names] + [counts[n] for n in names], dtype=torch.float64, device=device)
+    total = all_reduce_sum(vec).cpu().tolist()
+    k = len(names)
+    out: dict[str, float] = {}
+    loss = 0.0
+    for i, n in enumerate(names):
+        mean = total[i] / total[k + i] if total[k + i] > 0 else 0.0
+        out[f"loss/{n}"] = mean
+        loss += weights.get(n, 1.0) * mean
+    out["loss"] = loss
+    return out
+
+
+def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, provenance: dict[str, Any],
+            rank: int, metrics: dict[str, float]) -> None:
+    import ray.train
+
+    finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    report = {"step": state.step, "epoch": state.epoch, **finite}
+    if rank == 0:
+        card_provenance = {**provenance, "objective": cfg.objective, "steps": state.step, "metrics": finite,
+                           "normalisation": state.fitted, "run": cfg.run.name}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), model, optimizer, state, provenance=card_provenance)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(report)
