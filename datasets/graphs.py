@@ -34,14 +34,17 @@ It is the same object, field by field (including the slice and increment bookkee
 ``get_example`` uses), as ``Batch.from_data_list`` of the per-graph ``Data``.
 
 Neighbours: every atom pair (with periodic images) within ``cutoff``; ``max_neighbors`` keeps the
-nearest k of each centre (CGCNN's 12), ties broken by neighbour index then shift for determinism.
+nearest k of each centre (CGCNN's 12), exact distance ties broken by lower neighbour index, then
+lower shift (lexicographic), so the choice is deterministic.
 An atom with no neighbour is handled by ``on_isolated``: ``"error"`` raises :class:`RecordError`,
 ``"flag"`` keeps the graph and sets ``isolated`` (message passing over no edges sums to zero, never
 NaN). The builder uses one thread: parallelism comes from loader workers.
 
-Speed: the per-structure work is one vesin call (the calculator is created once per process and
-thread, then reused) and a few numpy operations into a :class:`GraphParts`; tensors are made once
-per *batch* by :func:`collate`, so no per-structure ``Data`` is built on the loader's path.
+Speed (the loader's path): per structure, one vesin call (the calculator is created once per
+process and thread, then reused) and a few numpy operations into a :class:`GraphParts`; then
+:func:`collate` makes the batch's tensors once per *batch*, with no per-structure ``Data``. The
+batch's tensors are views of one buffer per dtype (in shared memory inside a DataLoader worker),
+because handing a batch to the main process costs one file descriptor per distinct storage.
 """
 
 from __future__ import annotations

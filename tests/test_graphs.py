@@ -252,3 +252,19 @@ def test_config_validation(kwargs, message):
         GraphConfig(**kwargs)
     with pytest.raises(TypeError):
         GraphBuilder(GraphConfig(), cutoff=3.0)
+
+
+def test_batch_tensors_live_in_one_buffer_per_dtype():
+    """A worker hands a batch over with one file descriptor per storage: fields and PyG's
+    bookkeeping must share three buffers (long, float, bool), not ~55."""
+    builder = GraphBuilder(cutoff=8.0, properties=("heat_ref",))
+    batch = builder.collate([builder.parts(r, k) for k, r in enumerate(PEROV + CARBON)])
+    tensors = [batch[key] for key in batch.keys() if isinstance(batch[key], torch.Tensor)]
+    tensors += list(batch._slice_dict.values()) + list(batch._inc_dict.values())
+    storages = {(t.dtype, t.untyped_storage().data_ptr()) for t in tensors}
+    assert len(storages) == 3
+    # views never overlap: writing one field leaves the others intact
+    before = {key: batch[key].clone() for key in ("z", "natoms", "idx", "ptr", "batch")}
+    batch.edge_index.zero_()
+    for key, value in before.items():
+        assert torch.equal(batch[key], value), key
