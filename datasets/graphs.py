@@ -27,6 +27,11 @@ Fields of one graph (N atoms, E edges, P requested properties):
 ``idx``            long (1,)            index of the record in its dataset view
 =================  ===================  ==========================================================
 
+Optional per-atom fields come from a record transform (e.g. denoising's ``noise`` (N, 3) float Å
+and ``noise_mask`` (N,) bool, :mod:`matforge.datasets.noise`): ``extras`` passed to
+:meth:`GraphBuilder.parts` are arrays whose first dimension is N; floating arrays take the graph's
+float dtype, integer ones become long, booleans stay bool. They batch along atoms.
+
 A batch of B graphs (:func:`collate`) is a ``torch_geometric.data.Batch`` with the same fields
 concatenated (node fields along atoms, ``edge_index`` along edges with each graph's indices offset
 by the atoms before it, per-graph fields along graphs), plus ``batch`` (N,) and ``ptr`` (B+1,).
@@ -52,7 +57,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -182,6 +187,33 @@ class GraphParts(NamedTuple):
     equilibrium: int          # 1, 0 or -1
     isolated: bool
     idx: int
+    extras: tuple[tuple[str, np.ndarray], ...] = ()  # per-atom fields, first dimension N
+
+
+def _check_extras(record: Record, extras: Mapping[str, np.ndarray] | None, n: int) -> tuple[tuple[str, np.ndarray], ...]:
+    if not extras:
+        return ()
+    items = []
+    for name, value in extras.items():
+        array = np.asarray(value)
+        if name in _FIELDS or name in ("batch", "ptr", "num_nodes"):
+            raise ValueError(f"record {record.id!r}: extra field {name!r} would replace a graph field")
+        if array.ndim == 0 or array.shape[0] != n:
+            raise ValueError(f"record {record.id!r}: extra field {name!r} has shape {array.shape}, "
+                             f"expected a first dimension of {n} (one row per atom)")
+        items.append((str(name), array))
+    return tuple(items)
+
+
+def _torch_dtype_of(array: np.ndarray, float_dtype: torch.dtype) -> torch.dtype:
+    """Batch dtype of an extra field: floats in the graph's dtype, integers long, bools bool."""
+    if array.dtype == np.bool_:
+        return torch.bool
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.long
+    if np.issubdtype(array.dtype, np.floating):
+        return float_dtype
+    raise ValueError(f"extra field of dtype {array.dtype} is not numeric")
 
 
 class GraphBuilder:
@@ -198,10 +230,12 @@ class GraphBuilder:
             raise TypeError("pass either a GraphConfig or keyword overrides, not both")
         self.config = config
 
-    def parts(self, record: Record, index: int = -1) -> GraphParts:
-        """The graph of ``record`` as numpy arrays (no tensors); ``index`` becomes ``idx``."""
+    def parts(self, record: Record, index: int = -1, extras: Mapping[str, np.ndarray] | None = None) -> GraphParts:
+        """The graph of ``record`` as numpy arrays (no tensors); ``index`` becomes ``idx``;
+        ``extras``: per-atom arrays (first dimension N) added as fields (see the module docstring)."""
         cfg = self.config
         n = int(record.numbers.shape[0])
+        extra_items = _check_extras(record, extras, n)
         k = cfg.max_neighbors
         try:
             pairs, raw_shifts, dist = _raw_pairs(record.positions, record.cell, record.pbc, cfg.cutoff,
@@ -232,11 +266,11 @@ class GraphBuilder:
             energy=record.energy, forces=record.forces, stress=record.stress,
             y=y, y_mask=y_mask,
             equilibrium=-1 if record.equilibrium is None else int(record.equilibrium),
-            isolated=isolated, idx=int(index),
+            isolated=isolated, idx=int(index), extras=extra_items,
         )
 
-    def __call__(self, record: Record, index: int = -1) -> Data:
-        return to_data(self.parts(record, index), self.config.torch_dtype)
+    def __call__(self, record: Record, index: int = -1, extras: Mapping[str, np.ndarray] | None = None) -> Data:
+        return to_data(self.parts(record, index, extras), self.config.torch_dtype)
 
     def collate(self, parts: Sequence[GraphParts]) -> Batch:
         """A ``Batch`` of ``parts`` in this builder's float dtype (see :func:`collate`)."""
@@ -277,7 +311,14 @@ def data_fields(p: GraphParts, dtype: torch.dtype = torch.float32) -> dict[str, 
         "equilibrium": _one(p.equilibrium, np.int64),
         "isolated": _one(p.isolated, np.bool_),
         "idx": _one(p.idx, np.int64),
+        **{name: _extra_tensor(value, dtype) for name, value in p.extras},
     }
+
+
+def _extra_tensor(value: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    target = _torch_dtype_of(value, dtype)
+    np_dtype = {torch.bool: np.bool_, torch.long: np.int64, torch.float32: np.float32, torch.float64: np.float64}[target]
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np_dtype))
 
 
 def to_data(p: GraphParts, dtype: torch.dtype = torch.float32) -> Data:
@@ -390,7 +431,16 @@ def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> 
         "_node_slices": (torch.long, (b + 1,)), "_edge_slices": (torch.long, (b + 1,)),
         "_graph_slices": (torch.long, (b + 1,)), "_edge_incs": (torch.long, (b,)), "_zero_incs": (torch.long, (b,)),
     })
+    extra_names = [name for name, _ in parts[0].extras]
+    for p in parts:
+        if [name for name, _ in p.extras] != extra_names:
+            raise ValueError(f"graphs {parts[0].idx} and {p.idx} have different extra fields "
+                             f"({extra_names} vs {[name for name, _ in p.extras]}); they cannot share a batch")
+    for name, value in parts[0].extras:
+        layout[name] = (_torch_dtype_of(value, dtype), (n, *value.shape[1:]))
     t = _carve(layout, shared)
+    for k, name in enumerate(extra_names):
+        _fill_cat(t[name], [p.extras[k][1] for p in parts])
 
     ei = t["edge_index"]
     _fill_cat(ei, [p.edge_index for p in parts], axis=1)
@@ -423,7 +473,7 @@ def collate(parts: Sequence[GraphParts], dtype: torch.dtype = torch.float32) -> 
     batch = Batch(_base_cls=Data)
     slice_dict: dict[str, torch.Tensor] = {}
     inc_dict: dict[str, torch.Tensor] = {}
-    for name, (kind, _) in _FIELDS.items():
+    for name, kind in [(name, kind) for name, (kind, _) in _FIELDS.items()] + [(name, "node") for name in extra_names]:
         batch[name] = t[name]
         slice_dict[name] = t[f"_{kind}_slices"]
         inc_dict[name] = t["_zero_incs"]

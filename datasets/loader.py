@@ -2,10 +2,10 @@
 
 ::
 
-    AtomBudgetBatchSampler (main process)  ──  list of record indices per batch
+    AtomBudgetBatchSampler (main process)  ──  list of record indices per batch (+ its epoch)
         │
         ▼  loader worker (or the main process when num_workers=0)
-    ShardDataset[i] ─ decode ─► GraphBuilder.parts ─ vesin ─► GraphParts   (per structure)
+    ShardDataset[i] ─ decode ─► [transform(record, i, epoch)] ─► GraphBuilder.parts ─ vesin ─► GraphParts
         │  collate (one numpy concatenation per field)
         ▼
     torch_geometric.data.Batch  ──►  training loop
@@ -13,7 +13,10 @@
 :class:`GraphDataset` is an ordinary map-style dataset (``ds[i]`` is a PyG ``Data``), so it also
 works with PyG's own loaders. :func:`make_loader` wires the fast path: the DataLoader hands each
 worker a whole batch of indices, the worker builds :class:`~matforge.datasets.graphs.GraphParts`
-and collates them straight into a ``Batch`` (no per-structure ``Data``).
+and collates them straight into a ``Batch`` (no per-structure ``Data``). Each index travels with
+the epoch of its batch, so a record transform that depends on the epoch (denoising's
+:class:`~matforge.datasets.noise.PositionNoise`) gives the same result in persistent workers, in
+the main process, and after resuming.
 
 Processes: the datasets hold paths, the manifest and small arrays, never an open LMDB handle, so
 they pickle into DataLoader workers (fork or spawn) and Ray workers; each process opens its own
@@ -23,27 +26,39 @@ handles inherited from a parent that had already read records).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
-from matforge.datasets.graphs import GraphBuilder, GraphConfig, GraphParts, collate
+from matforge.datasets.graphs import GraphBuilder, GraphConfig, GraphParts, collate, to_data
+from matforge.datasets.record import Record
 from matforge.datasets.sampler import AtomBudgetBatchSampler
 from matforge.datasets.shard_dataset import ShardDataset
+
+
+RecordTransform = Callable[[Record, int, int], "tuple[Record, Mapping[str, np.ndarray]] | Record"]
 
 
 class GraphDataset(Dataset):
     """Records of ``records`` as graphs: ``ds[i]`` is a ``Data`` whose ``idx`` is ``i``.
 
     ``records``: a :class:`ShardDataset` (or any indexable of records with a ``natoms`` array).
+    ``transform``: optional ``(record, index, epoch) -> (record, extras)`` applied to each record
+    before its graph is built, e.g. :class:`~matforge.datasets.noise.PositionNoise`; ``extras``
+    (per-atom arrays) become fields of the graph. It must be picklable (it travels to workers).
+    ``epoch`` is the epoch ``ds[i]`` passes to the transform (:meth:`set_epoch`); the loader of
+    :func:`make_loader` passes each batch's own epoch instead.
     """
 
-    def __init__(self, records: ShardDataset, config: GraphConfig | None = None) -> None:
+    def __init__(self, records: ShardDataset, config: GraphConfig | None = None,
+                 transform: RecordTransform | None = None) -> None:
         self.records = records
         self.config = config if config is not None else GraphConfig()
         self.builder = GraphBuilder(self.config)
+        self.transform = transform
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -53,23 +68,48 @@ class GraphDataset(Dataset):
         """(len,) atoms per structure, for atom-budget batching."""
         return np.asarray(self.records.natoms)
 
-    def parts(self, i: int) -> GraphParts:
-        return self.builder.parts(self.records[i], i)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def parts(self, i: int, epoch: int | None = None) -> GraphParts:
+        """The graph of record ``i`` as :class:`GraphParts` (transformed for ``epoch``)."""
+        record = self.records[i]
+        extras = None
+        if self.transform is not None:
+            out = self.transform(record, i, self.epoch if epoch is None else epoch)
+            record, extras = out if isinstance(out, tuple) else (out, None)
+        return self.builder.parts(record, i, extras)
 
     def __getitem__(self, i: int) -> Data:
-        return self.builder(self.records[i], int(i))
+        return to_data(self.parts(int(i)), self.config.torch_dtype)
 
-    def collate(self, indices: Sequence[int]) -> Batch:
+    def collate(self, indices: Sequence[int], epoch: int | None = None) -> Batch:
         """Read, build and collate the structures at ``indices`` into one ``Batch``."""
-        return self.builder.collate([self.parts(int(i)) for i in indices])
+        return self.builder.collate([self.parts(int(i), epoch) for i in indices])
 
     def __repr__(self) -> str:
-        return f"GraphDataset({self.records!r}, {self.config})"
+        return f"GraphDataset({self.records!r}, {self.config}, transform={self.transform!r})"
+
+
+class _EpochTagged:
+    """The batch sampler as the DataLoader sees it: each index paired with the batch's epoch, so
+    a (persistent) worker knows which epoch a batch belongs to (record transforms depend on it)."""
+
+    def __init__(self, sampler: AtomBudgetBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.sampler:
+            epoch = self.sampler.epoch
+            yield [(epoch, i) for i in batch]
 
 
 class _PartsView(Dataset):
-    """What :func:`make_loader`'s DataLoader indexes: graphs as ``GraphParts``, a batch at a time
-    (``__getitems__``), so the worker's collate function can build the ``Batch`` directly."""
+    """What :func:`make_loader`'s DataLoader indexes: ``(epoch, index)`` pairs, a batch at a time
+    (``__getitems__``), giving ``GraphParts`` so the worker's collate builds the ``Batch`` directly."""
 
     def __init__(self, graphs: GraphDataset) -> None:
         self.graphs = graphs
@@ -77,11 +117,12 @@ class _PartsView(Dataset):
     def __len__(self) -> int:
         return len(self.graphs)
 
-    def __getitem__(self, i: int) -> GraphParts:
-        return self.graphs.parts(int(i))
+    def __getitem__(self, item: tuple[int, int]) -> GraphParts:
+        epoch, i = item
+        return self.graphs.parts(int(i), int(epoch))
 
-    def __getitems__(self, indices: Sequence[int]) -> list[GraphParts]:
-        return [self.graphs.parts(int(i)) for i in indices]
+    def __getitems__(self, items: Sequence[tuple[int, int]]) -> list[GraphParts]:
+        return [self.graphs.parts(int(i), int(epoch)) for epoch, i in items]
 
 
 class CollateParts:
@@ -111,6 +152,7 @@ def make_loader(
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     multiprocessing_context: Any = None,
+    transform: RecordTransform | None = None,
 ) -> tuple[DataLoader, AtomBudgetBatchSampler]:
     """A DataLoader of PyG ``Batch`` es under an atom budget, and its sampler.
 
@@ -119,14 +161,17 @@ def make_loader(
     per batch. ``shuffle``/``seed``/``world_size``/``rank``/``drop_last``/``epoch``/``start_batch``:
     see :class:`AtomBudgetBatchSampler`; call ``sampler.set_epoch(e)`` before each epoch.
     ``persistent_workers`` defaults to ``num_workers > 0``. ``multiprocessing_context``: e.g.
-    ``"spawn"`` or ``"fork"`` (default: the platform's).
+    ``"spawn"`` or ``"fork"`` (default: the platform's). ``transform``: a record transform (see
+    :class:`GraphDataset`), called with each record's index in ``dataset`` and the batch's epoch.
     """
     if isinstance(dataset, GraphDataset):
         if graph_config is not None and graph_config != dataset.config:
             raise ValueError(f"graph_config {graph_config} differs from the dataset's {dataset.config}")
+        if transform is not None and transform is not dataset.transform:
+            raise ValueError("pass the transform to the GraphDataset or to make_loader, not both")
         graphs = dataset
     else:
-        graphs = GraphDataset(dataset, graph_config)
+        graphs = GraphDataset(dataset, graph_config, transform)
     sampler = AtomBudgetBatchSampler(
         graphs.natoms, max_atoms, shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
         drop_last=drop_last, epoch=epoch, start_batch=start_batch,
@@ -140,7 +185,7 @@ def make_loader(
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
     loader = DataLoader(
-        _PartsView(graphs), batch_sampler=sampler, collate_fn=CollateParts(graphs.config),
+        _PartsView(graphs), batch_sampler=_EpochTagged(sampler), collate_fn=CollateParts(graphs.config),
         num_workers=num_workers, pin_memory=pin_memory, **extra,
     )
     return loader, sampler

@@ -268,3 +268,19 @@ def test_batch_tensors_live_in_one_buffer_per_dtype():
     batch.edge_index.zero_()
     for key, value in before.items():
         assert torch.equal(batch[key], value), key
+
+
+def test_extra_per_atom_fields_are_checked_and_batched():
+    builder = GraphBuilder(cutoff=8.0)
+    good = [builder.parts(r, k, {"noise": np.full((5, 3), 0.5 * k), "noise_mask": np.ones(5, bool)})
+            for k, r in enumerate(PEROV)]
+    batch = builder.collate(good)
+    assert batch.noise.dtype == torch.float32 and batch.noise.shape == (15, 3)
+    assert batch.noise[5:10].eq(0.5).all() and batch.noise_mask.all()
+    _assert_same_batch(batch, Batch.from_data_list([to_data(p) for p in good]))
+    with pytest.raises(ValueError, match=r"record '18517': extra field 'noise' has shape \(4, 3\)"):
+        builder.parts(PEROV[0], 0, {"noise": np.zeros((4, 3))})
+    with pytest.raises(ValueError, match="would replace a graph field"):
+        builder.parts(PEROV[0], 0, {"pos": np.zeros((5, 3))})
+    with pytest.raises(ValueError, match="different extra fields"):
+        builder.collate([good[0], builder.parts(PEROV[1], 1)])

@@ -183,3 +183,30 @@ def test_make_loader_refuses_a_conflicting_config(synth_dir):
     graphs = GraphDataset(open_dataset(synth_dir), CONFIG)
     with pytest.raises(ValueError, match="differs"):
         make_loader(graphs, GraphConfig(cutoff=5.0), BUDGET)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_record_transform_gets_each_batch_index_and_epoch(synth_dir, num_workers):
+    """Denoising's PositionNoise through the loader: the noise of record i in epoch e is
+    displacement(n, i, e), also in persistent workers after set_epoch; the graph is built on the
+    noised positions; noise and noise_mask batch along atoms."""
+    from matforge.datasets.noise import PositionNoise
+
+    records = open_dataset(synth_dir)
+    noise = PositionNoise(std=0.05, seed=1, equilibrium_only=False)
+    loader, sampler = make_loader(records, CONFIG, BUDGET, seed=2, num_workers=num_workers, transform=noise)
+    graphs = GraphDataset(records, CONFIG, noise)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        graphs.set_epoch(epoch)
+        for batch in loader:
+            assert batch.noise.shape == (batch.num_nodes, 3) and batch.noise.dtype == torch.float64
+            assert batch.noise_mask.dtype == torch.bool and batch.noise_mask.all()
+            for k, i in enumerate(batch.idx.tolist()):
+                atoms = slice(int(batch.ptr[k]), int(batch.ptr[k + 1]))
+                eta = noise.displacement(records.natoms[i], i, epoch)
+                assert np.array_equal(batch.noise[atoms].numpy(), eta)
+                assert np.allclose(batch.pos[atoms].numpy(), records[i].positions + eta, rtol=0, atol=1e-12)
+            assert not batch.has_energy.any()  # labels of the un-noised geometry are dropped
+            _assert_same_batch(batch, Batch.from_data_list([graphs[i] for i in batch.idx.tolist()]))
+    del loader
