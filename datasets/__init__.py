@@ -23,6 +23,13 @@ _EXPORTS = {
     "SourceError": "matforge.datasets.errors",
     "DatasetError": "matforge.datasets.errors",
     "make_reader": "matforge.datasets.readers",
+    "GraphConfig": "matforge.datasets.graphs",
+    "GraphBuilder": "matforge.datasets.graphs",
+    "GraphDataset": "matforge.datasets.loader",
+    "make_loader": "matforge.datasets.loader",
+    "AtomBudgetBatchSampler": "matforge.datasets.sampler",
+    "write_synth": "matforge.datasets.synth",
+    "write_splits": "matforge.datasets.splits",
 }
 
 
