@@ -97,7 +97,7 @@ class TrainConfig:
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = 2
+    num_workers: int = 2           # 0: Ray Train local mode (the loop runs in this process, no Ray)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1    # torch intra-op threads in each worker
@@ -156,7 +156,9 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError(f"train.dtype: {cfg.train.dtype!r} is not float32 or float64")
     if cfg.objective == "combined" and not cfg.data.properties:
         raise ConfigError("objective 'combined' needs data.properties (the property names to learn)")
-    for key, value in [("train.max_steps", cfg.train.max_steps), ("scaling.num_workers", cfg.scaling.num_workers),
+    if cfg.scaling.num_workers < 0:
+        raise ConfigError(f"scaling.num_workers: must be >= 0 (0 = Ray Train local mode), got {cfg.scaling.num_workers}")
+    for key, value in [("train.max_steps", cfg.train.max_steps),
                        ("data.max_atoms", cfg.data.max_atoms), ("train.eval_every", cfg.train.eval_every),
                        ("train.checkpoint_every", cfg.train.checkpoint_every), ("train.keep_checkpoints", cfg.train.keep_checkpoints)]:
         if value < 1:

@@ -34,7 +34,10 @@ class PretrainResult:
 def worker_env(cfg: PretrainConfig) -> dict[str, str]:
     threads = str(max(1, cfg.scaling.threads_per_worker))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+           # print() in workers goes straight to their stdout (streamed once to the driver); Ray's
+           # print patch would also route it through a logger and show every line twice
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
 
@@ -54,7 +57,8 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
         print(f"[matforge] {cfg.scaling.num_workers} workers × {cfg.scaling.cpus_per_worker} CPU exceed the "
               f"machine's {cpus} cores; oversubscribing", flush=True)
     ray.init(num_cpus=max(cpus, int(needed + 0.999)), include_dashboard=False, runtime_env=runtime_env,
-             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+             log_to_driver=True, configure_logging=True, logging_level="WARNING",
+             logging_config=ray.LoggingConfig(log_level="WARNING"))
 
 
 def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool = True,
@@ -64,8 +68,9 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
     from matforge.pretrain.data_prep import prepare
 
     cfg, provenance = prepare(cfg)
-    _init_ray(cfg, address)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    if cfg.scaling.num_workers > 0:
+        _init_ray(cfg, address)
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from matforge.pretrain.worker import train_loop_per_worker
@@ -79,7 +84,10 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             # locally Ray runs without its dashboard, so Train's placement-group
+                             # cleaner cannot reach the state API and warns every few seconds
+                             logging_config=LoggingConfig(log_level="WARNING" if address else "ERROR")),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
     )
     result = trainer.fit()

@@ -143,6 +143,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.models.objectives import combine
 
+    import warnings
+
+    # DDP notes that a (1, F) weight's gradient from the double backward is transposed; harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     cfg = from_dict(payload["config"])
     provenance: dict[str, Any] = dict(payload.get("provenance", {}))
     ctx = ray.train.get_context()
@@ -162,10 +166,15 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                   betas=tuple(cfg.optim.betas))
 
+    local_mode = cfg.scaling.num_workers == 0
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory), model, optimizer)
+    local_checkpoint = _latest_local_checkpoint(run_dir) if local_mode and checkpoint is None else None
+    if checkpoint is not None or local_checkpoint is not None:
+        if local_checkpoint is not None:
+            state = load_checkpoint(local_checkpoint, model, optimizer)
+        else:
+            with checkpoint.as_directory() as directory:
+                state = load_checkpoint(Path(directory), model, optimizer)
         objective.apply_fit(model, state.fitted)  # also restores what is not a buffer (model.elements)
         if state.world_size != world:
             print(f"[matforge] rank {rank}: resuming a {state.world_size}-worker run on {world} workers; "
@@ -274,7 +283,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
                 state.schedule = schedule.state_dict()
                 state.metrics = dict(metrics)
-                _report(model, optimizer, state, cfg, provenance, rank, metrics)
+                _report(model, optimizer, state, cfg, provenance, rank, metrics, run_dir if local_mode else None)
             if state.step >= cfg.train.max_steps:
                 break
         else:  # this rank's batches of the epoch are exhausted (all ranks have the same count)
@@ -314,17 +323,45 @@ def _reduce_window(sums: dict[str, float], counts: dict[str, float], weights: di
     return out
 
 
+def _latest_local_checkpoint(run_dir: Path) -> Path | None:
+    from matforge.pretrain.export import find_checkpoint
+
+    try:
+        return find_checkpoint(run_dir)
+    except FileNotFoundError:
+        return None
+
+
 def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, provenance: dict[str, Any],
-            rank: int, metrics: dict[str, float]) -> None:
+            rank: int, metrics: dict[str, float], local_run_dir: Path | None = None) -> None:
+    """Checkpoint (rank 0) and report (every rank: ``ray.train.report`` is a barrier).
+
+    In Ray Train's local mode (no workers) Ray does not persist checkpoints, so they are written
+    straight into the run directory as ``checkpoint_<step>`` and only the last K are kept.
+    """
+    import shutil
+
     import ray.train
 
     finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     report = {"step": state.step, "epoch": state.epoch, **finite}
-    if rank == 0:
-        card_provenance = {**provenance, "objective": cfg.objective, "steps": state.step, "metrics": finite,
-                           "normalisation": state.fitted, "run": cfg.run.name}
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp), model, optimizer, state, provenance=card_provenance)
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
+    if rank != 0:
         ray.train.report(report)
+        return
+    card_provenance = {**provenance, "objective": cfg.objective, "steps": state.step, "metrics": finite,
+                       "normalisation": state.fitted, "run": cfg.run.name}
+    if local_run_dir is not None:
+        target = local_run_dir / f"checkpoint_{state.step:09d}"
+        partial = local_run_dir / f".checkpoint_{state.step:09d}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        save_checkpoint(partial, model, optimizer, state, provenance=card_provenance)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+        kept = sorted(p for p in local_run_dir.glob("checkpoint_*") if p.is_dir())
+        for old in kept[: max(0, len(kept) - cfg.train.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(target)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp), model, optimizer, state, provenance=card_provenance)
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
