@@ -165,7 +165,26 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (a shard directory)")
+    _check_hyperparameters(cfg)
+    if cfg.data.val is None and cfg.data.val_split:
+        cfg.data.val = cfg.data.train  # a val split of the training directory
     return cfg
+
+
+def _check_hyperparameters(cfg: PretrainConfig) -> None:
+    import inspect
+
+    from matforge.models.registry import ARCHITECTURES, backbone_class
+
+    if cfg.model.name not in ARCHITECTURES:
+        raise ConfigError(f"model.name: {cfg.model.name!r} is not one of {', '.join(ARCHITECTURES)}")
+    params = inspect.signature(backbone_class(cfg.model.name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n in params if n != "self"]
+    unknown = sorted(set(cfg.model.hyperparameters) - set(known))
+    if unknown:
+        raise ConfigError(f"model.hyperparameters: {cfg.model.name} does not take {unknown}; it takes {known}")
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -177,14 +196,22 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     layers = [schema]
     origin = "defaults"
     try:
-        if name_or_path:
-            text, origin = _config_text(name_or_path)
-            layers.append(OmegaConf.create(text))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not KEY=VALUE")
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        dotlist = OmegaConf.from_dotlist(list(overrides)) if overrides else None
+        if name_or_path:
+            text, origin = _config_text(name_or_path)
+            layer = OmegaConf.create(text)
+            # switching architecture on the command line starts from that architecture's defaults:
+            # the file's hyper-parameters belong to its own model
+            new_name = OmegaConf.select(dotlist, "model.name") if dotlist is not None else None
+            if new_name is not None and new_name != OmegaConf.select(layer, "model.name"):
+                if OmegaConf.select(layer, "model.hyperparameters") is not None:
+                    layer.model.hyperparameters = {}
+            layers.append(layer)
+        if dotlist is not None:
+            layers.append(dotlist)
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

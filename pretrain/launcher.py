@@ -37,7 +37,10 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
            "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
            # print() in workers goes straight to their stdout (streamed once to the driver); Ray's
            # print patch would also route it through a logger and show every line twice
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           # glibc: keep large freed blocks instead of returning them to the OS and page-faulting
+           # them back every step (the double backward of force training allocates big tensors)
+           "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
 

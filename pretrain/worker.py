@@ -37,8 +37,9 @@ from matforge.pretrain.monitor import Monitor, ThroughputMeter, peak_memory_mb
 from matforge.pretrain.schedule import LRSchedule
 
 FAULT_ENV = "MATFORGE_FAULT_INJECT"
-"""Fault injection for tests: ``"rank=R,step=S"`` SIGKILLs rank R when it reaches step S, once per
-run (a marker file in the run directory stops it from firing again after the restart)."""
+"""Fault injection for tests: ``"rank=R,step=S[,mode=kill|raise]"`` SIGKILLs rank R (or raises in
+it) when it reaches step S, once per run (a marker file in the run directory stops it from firing
+again after the restart)."""
 
 
 def build_objective(cfg: PretrainConfig):
@@ -72,7 +73,9 @@ def _maybe_inject_fault(rank: int, step: int, run_dir: Path) -> None:
     marker = run_dir / f".fault-injected-rank{rank}-step{step}"
     if marker.exists():
         return
-    marker.write_text("SIGKILL\n")
+    marker.write_text(fields.get("mode", "kill") + "\n")
+    if fields.get("mode", "kill") == "raise":
+        raise RuntimeError(f"fault injection: rank {rank} failed at step {step}")
     print(f"[matforge] fault injection: SIGKILL rank {rank} at step {step}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
