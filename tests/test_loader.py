@@ -83,17 +83,24 @@ def test_epoch_covers_every_record_once_under_the_budget(synth_dir):
     assert seen != first  # reshuffled
 
 
-def _parent_opened_envs() -> int:
+def _parent_opened_envs(directory=None) -> int:
+    """Environments this process holds open (for ``directory``'s shards only, if given: other tests
+    in the session may have opened their own)."""
+    import os
+
     from matforge.datasets import shards
 
-    return len(shards._ENVS)
+    if directory is None:
+        return len(shards._ENVS)
+    root = os.path.abspath(directory) + os.sep
+    return sum(1 for path in shards._ENVS if path.startswith(root))
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_two_workers_give_the_same_batches_as_the_main_process(synth_dir, method):
     records = open_dataset(synth_dir)
     records[0]  # the parent reads (opens every shard's environment) before the workers start
-    assert _parent_opened_envs() == 3
+    assert _parent_opened_envs(synth_dir) == 3
     reference_loader, reference_sampler = make_loader(records, CONFIG, BUDGET, seed=3)
     loader, sampler = make_loader(records, CONFIG, BUDGET, seed=3, num_workers=2,
                                   multiprocessing_context=method, persistent_workers=True)
@@ -117,7 +124,7 @@ def test_fork_after_the_parent_read_drops_inherited_environments(synth_dir):
 
     ds = open_dataset(synth_dir)
     ids = [r.id for r in ds]
-    assert _parent_opened_envs() == 3
+    assert _parent_opened_envs(synth_dir) == 3
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_child_reads, args=(ds, queue))
