@@ -32,7 +32,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
-from matforge.datasets.graphs import GraphBuilder, GraphConfig, GraphParts, collate, to_data
+from matforge.datasets.collate import collate
+from matforge.datasets.graphs import GraphBuilder, GraphConfig, GraphParts, to_data
 from matforge.datasets.record import Record
 from matforge.datasets.sampler import AtomBudgetBatchSampler
 from matforge.datasets.shard_dataset import ShardDataset

@@ -21,7 +21,9 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from torch_geometric.data import Batch, Data
 
 from matforge.datasets.errors import RecordError
-from matforge.datasets.graphs import GraphBuilder, GraphConfig, collate, data_fields, neighbor_list, to_data
+from matforge.datasets.collate import collate
+from matforge.datasets.graphs import GraphBuilder, GraphConfig, data_fields, to_data
+from matforge.datasets.neighbors import neighbor_list
 from matforge.datasets.readers import make_reader
 from matforge.datasets.record import Record
 
