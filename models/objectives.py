@@ -24,42 +24,18 @@ Objectives (B structures, N atoms; ``L`` is the element-wise loss of :mod:`matfo
     forces  = mean over force components of atoms of structures with forces  L(F_pred, F)   (eV/Å)
     stress  = mean over the 9 components of structures with stress            L(σ_pred, σ)  (eV/Å³)
 
-``denoise_head`` — a NoiseHead predicts the (centred) Gaussian displacement η of noised atoms::
-
-    noise   = mean over components of noised atoms   L(η_pred/σ, η/σ)          (units of σ)
-
-``denoise_derivative`` (Jia et al. 2024) — the forces of the model's scalar output must point back
-to the un-noised structure. For a structure noised from its relaxed geometry r0 to r0 + η, the
-restoring direction is -η; the score of the noise distribution is ∇ log p(r | r0) = -η/σ², and a
-Boltzmann density p ∝ exp(-E/kT) has score F/kT. The target::
-
-    F_target = -η/σ          (dimensionless, unit variance per component: the score times σ)
-    noise    = mean over components of noised atoms   L(F_pred, -η/σ)
-
-therefore asks for E = kT · (-log p) with kT ≡ σ: near r0 the learnt "energy" is the harmonic well
-E ≈ |η|²/(2σ) (stiffness 1/σ per Å, in the units of E). The learnt E is thus not in eV; the energy
-head gets scale 1 and shift 0 and no element references. Since ``-σ F_pred`` estimates η, the
-validation metric ``denoise_mae`` = mean |(-σ F_pred) - η| (Å) is the same quantity for both
-denoising objectives.
-
-``combined`` (multi-property, Deng, Park & Sy) — a PropertyHead predicts P named scalars ``y``
-(``batch.y`` (B, P), ``batch.y_mask``); each property has a fitted normaliser (mean_p, std_p) and a
-weight::
-
-    property:<p> = mean over structures with label p   L(y_pred,p/std_p, y_p/std_p)   (normalised)
-
-(the mean cancels in the difference). Metrics are in physical units.
+``denoise_head``, ``denoise_derivative``: see :mod:`matforge.models.denoising` (maths there);
+``combined`` (multi-property): see :mod:`matforge.models.property_objective`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
-from matforge.models.fitting import collect_labels, describe_dataset, fit_energy, fit_properties
+from matforge.models.fitting import collect_labels, describe_dataset, fit_energy
 from matforge.models.losses import LOSS_KINDS, Term, combine, elementwise, global_counts, reduce_terms
 from matforge.models.model import NUM_ELEMENT_SLOTS
 
@@ -70,8 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matforge.models.heads import Head
     from matforge.models.model import AtomisticModel
 
-__all__ = ["Objective", "EnergyObjective", "DenoiseHeadObjective", "DenoiseDerivativeObjective",
-           "PropertyObjective", "OBJECTIVES", "build_objective", "combine", "global_counts", "reduce_terms",
+__all__ = ["Objective", "EnergyObjective", "OBJECTIVES", "build_objective", "combine", "global_counts", "reduce_terms",
            "DEFAULT_WEIGHTS", "has_vector_features"]
 
 DEFAULT_WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 100.0, "noise": 1.0}
@@ -278,187 +253,6 @@ class EnergyObjective(Objective):
                 for k, (pred, target, mask) in self._pairs(outputs, batch).items()}
 
 
-class _DenoiseObjective(Objective):
-    """Shared by both denoising objectives: the noise transform, its fields, the weight."""
-
-    def __init__(self, *, noise_std: float = 0.1, equilibrium_only: bool = True, noise_weight: float = 1.0,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not (math.isfinite(float(noise_std)) and noise_std > 0):
-            raise ValueError(f"noise_std must be a positive number of Å, got {noise_std}")
-        self.noise_std = float(noise_std)
-        self.equilibrium_only = bool(equilibrium_only)
-        self._weight = float(noise_weight)
-
-    def record_transform(self) -> "PositionNoise":
-        from matforge.datasets.noise import PositionNoise
-
-        return PositionNoise(self.noise_std, self.seed, equilibrium_only=self.equilibrium_only)
-
-    def weights(self) -> dict[str, float]:
-        return {"noise": self._weight}
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "noise_std": self.noise_std, "equilibrium_only": self.equilibrium_only}
-
-    def _fit(self, sample: Any, dataset: Any) -> dict[str, Any]:
-        if self.equilibrium_only and sample.num_equilibrium == 0:
-            where = describe_dataset(dataset)
-            raise ValueError(f"objective {self.name!r} noises relaxed structures only, and none of the "
-                             f"{sample.num_records} records sampled from {where} is flagged relaxed "
-                             "(use equilibrium_only=False to noise every structure)")
-        return {}
-
-    def _noise(self, batch: Any, num_atoms: int) -> tuple[Tensor, Tensor]:
-        hint = " and batch.noise_mask from its record transform: apply objective.record_transform() in the loader"
-        eta = _field(batch, "noise", self.name, hint)
-        mask = _field(batch, "noise_mask", self.name, hint)
-        if eta.shape != (num_atoms, 3):
-            raise ValueError(f"batch.noise has shape {tuple(eta.shape)}, expected ({num_atoms}, 3)")
-        return eta, _per_atom(mask, batch, num_atoms).unsqueeze(-1)
-
-    def _predicted_noise(self, outputs: dict[str, Tensor]) -> Tensor:
-        """η estimated by the model (N, 3), Å."""
-        raise NotImplementedError
-
-    def metrics(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
-        pred = self._predicted_noise(outputs).detach()
-        eta, mask = self._noise(batch, pred.shape[0])
-        return {"denoise_mae": Term.masked((pred - eta.to(pred.dtype)).abs(), mask)}
-
-
-class DenoiseHeadObjective(_DenoiseObjective):
-    """``denoise_head``: a NoiseHead predicts η; loss in units of σ."""
-
-    name = "denoise_head"
-
-    def build_heads(self, backbone: "Backbone") -> dict[str, "Head"]:
-        from matforge.models.heads import NoiseHead
-
-        return {"noise": NoiseHead(backbone.embedding_dim, hidden=self.head_hidden,
-                                   use_vector=has_vector_features(backbone), cutoff=backbone.cutoff)}
-
-    def _predicted_noise(self, outputs: dict[str, Tensor]) -> Tensor:
-        return outputs["noise"]
-
-    def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
-        pred = outputs["noise"]
-        eta, mask = self._noise(batch, pred.shape[0])
-        sigma = self.noise_std
-        return {"noise": Term.masked(self._loss(pred / sigma, eta.to(pred.dtype) / sigma), mask)}
-
-
-class DenoiseDerivativeObjective(_DenoiseObjective):
-    """``denoise_derivative`` (Jia et al.): forces of the scalar output match -η/σ."""
-
-    name = "denoise_derivative"
-    needs_forces = True
-    create_graph = True
-
-    def build_heads(self, backbone: "Backbone") -> dict[str, "Head"]:
-        from matforge.models.heads import EnergyHead
-
-        return {"energy": EnergyHead(backbone.embedding_dim, hidden=self.head_hidden)}
-
-    def _fit(self, sample: Any, dataset: Any) -> dict[str, Any]:
-        super()._fit(sample, dataset)
-        # The learnt scalar is a free energy in units with kT = σ (module docstring), not eV.
-        return {"element_refs": {}, "energy_scale": 1.0, "energy_shift": 0.0, "energy_scale_source": "denoise"}
-
-    def target_forces(self, eta: Tensor) -> Tensor:
-        """F_target = -η/σ: the restoring direction, dimensionless."""
-        return -eta / self.noise_std
-
-    def _predicted_noise(self, outputs: dict[str, Tensor]) -> Tensor:
-        return -self.noise_std * self._forces(outputs)
-
-    def _forces(self, outputs: dict[str, Tensor]) -> Tensor:
-        if "forces" not in outputs:
-            raise ValueError("objective 'denoise_derivative' needs outputs['forces']: call the model with "
-                             "**objective.forward_options()")
-        return outputs["forces"]
-
-    def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
-        f = self._forces(outputs)
-        eta, mask = self._noise(batch, f.shape[0])
-        return {"noise": Term.masked(self._loss(f, self.target_forces(eta.to(f.dtype))), mask)}
-
-
-class PropertyObjective(Objective):
-    """``combined``: several named scalar properties, each normalised and weighted, labels masked."""
-
-    name = "combined"
-
-    def __init__(self, properties: Sequence[str], *, property_weights: dict[str, float] | None = None,
-                 pooling: str = "mean", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        names = [str(p) for p in properties]
-        if not names:
-            raise ValueError("objective 'combined' needs at least one property name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate property names in {names}")
-        unknown = sorted(set(property_weights or {}) - set(names))
-        if unknown:
-            raise ValueError(f"property_weights name properties that are not learnt: {unknown} (properties: {names})")
-        self.names = names
-        self.pooling = pooling
-        self._weights = {n: float((property_weights or {}).get(n, 1.0)) for n in names}
-        self.mean = torch.zeros(len(names), dtype=torch.float64)
-        self.std = torch.ones(len(names), dtype=torch.float64)
-
-    @property
-    def properties(self) -> tuple[str, ...]:
-        return tuple(self.names)
-
-    def build_heads(self, backbone: "Backbone") -> dict[str, "Head"]:
-        from matforge.models.heads import PropertyHead
-
-        return {"properties": PropertyHead(backbone.embedding_dim, self.names, pooling=self.pooling,
-                                           hidden=self.head_hidden, mean=self.mean.tolist(), std=self.std.tolist())}
-
-    def _fit(self, sample: Any, dataset: Any) -> dict[str, Any]:
-        return {"properties": fit_properties(sample, self.names, describe_dataset(dataset))}
-
-    def apply_fit(self, model: "AtomisticModel", fitted: dict[str, Any]) -> None:
-        super().apply_fit(model, fitted)
-        if "properties" in fitted:
-            stats = fitted["properties"]
-            missing = [n for n in self.names if n not in stats]
-            if missing:
-                raise ValueError(f"fitted normalisers lack properties {missing}")
-            self.mean = torch.tensor([float(stats[n]["mean"]) for n in self.names], dtype=torch.float64)
-            self.std = torch.tensor([float(stats[n]["std"]) for n in self.names], dtype=torch.float64)
-            self._head(model, "properties").set_normalization(self.mean.tolist(), self.std.tolist())
-
-    def weights(self) -> dict[str, float]:
-        return {f"property:{n}": w for n, w in self._weights.items()}
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "properties": list(self.names), "pooling": self.pooling}
-
-    def _labels(self, outputs: dict[str, Tensor], batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-        pred = outputs["properties"]
-        y = _field(batch, "y", self.name)
-        mask = _field(batch, "y_mask", self.name).to(torch.bool)
-        if y.shape != pred.shape or mask.shape != pred.shape:
-            raise ValueError(f"batch.y {tuple(y.shape)} / y_mask {tuple(mask.shape)} do not match the predicted "
-                             f"properties {tuple(pred.shape)}: build graphs with GraphConfig(properties={self.names})")
-        return pred, y.to(pred.dtype), mask
-
-    def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
-        pred, y, mask = self._labels(outputs, batch)
-        std = self.std.to(device=pred.device, dtype=pred.dtype)
-        diff = (pred - y) / std
-        zero = torch.zeros_like(diff)
-        return {f"property:{n}": Term.masked(self._loss(diff[:, p], zero[:, p]), mask[:, p])
-                for p, n in enumerate(self.names)}
-
-    def metrics(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
-        pred, y, mask = self._labels(outputs, batch)
-        err = (pred.detach() - y).abs()
-        return {f"{n}_mae": Term.masked(err[:, p], mask[:, p]) for p, n in enumerate(self.names)}
-
-
 OBJECTIVES = ("energy", "energy_forces", "efs", "denoise_derivative", "denoise_head", "combined")
 
 
@@ -480,6 +274,9 @@ def build_objective(name: str, *, loss_kind: str = "mae", weights: dict[str, flo
     if name in EnergyObjective.COMPONENTS:
         return EnergyObjective(name, energy_weight=w["energy"], forces_weight=w["forces"],
                                stress_weight=w["stress"], **common)
+    from matforge.models.denoising import DenoiseDerivativeObjective, DenoiseHeadObjective
+    from matforge.models.property_objective import PropertyObjective
+
     if name == "denoise_head":
         return DenoiseHeadObjective(noise_std=noise_std, equilibrium_only=equilibrium_only,
                                     noise_weight=w["noise"], **common)
