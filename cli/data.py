@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from matforge.cli.commands import command_group
 
 DATA_COMMAND_MODULES = [
     "matforge.cli.data_convert",
@@ -14,14 +15,5 @@ DATA_COMMAND_MODULES = [
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="convert, inspect, split and generate datasets of LMDB shards")
-    data_sub = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    parser.set_defaults(func=lambda args: parser.print_help())
-    for name in DATA_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # sub-command not built yet
-        module.register(data_sub)
+    command_group(sub, "data", "convert, inspect, split and generate datasets of LMDB shards",
+                  "data_command", "DATA_COMMAND", DATA_COMMAND_MODULES)

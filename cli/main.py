@@ -7,8 +7,9 @@ modules import numpy/torch/ray only when their command runs, so ``matforge --hel
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from matforge.cli.commands import register_modules
 
 # Modules that register sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -17,7 +18,6 @@ COMMAND_MODULES = [
     "matforge.cli.export",
     "matforge.cli.import_cgcnn",
     "matforge.cli.predict",
-    "matforge.cli.finetune",
     "matforge.cli.bench",
 ]
 
@@ -29,14 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # command not built yet
-        module.register(sub)
+    register_modules(sub, COMMAND_MODULES)
     return parser
 
 

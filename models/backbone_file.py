@@ -34,7 +34,6 @@ nothing is skipped silently).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matforge.datasets.errors import MatforgeDataError
+from matforge.datasets.shards import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -87,13 +87,6 @@ def _dtype_name(model: "AtomisticModel") -> str:
             return {torch.float64: "float64", torch.float32: "float32"}.get(p.dtype, str(p.dtype).replace("torch.", ""))
     return "float32"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _matforge_version() -> str:
@@ -161,7 +154,7 @@ def save(model: "AtomisticModel", path: str | os.PathLike, provenance: dict | No
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         card = json.loads(card_text)
-        card["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)}
+        card["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)}
         with open(tmp / CARD_FILE, "w", encoding="utf-8") as f:
             f.write(json.dumps(card, indent=2, allow_nan=False) + "\n")
             f.flush()
@@ -310,7 +303,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> "AtomisticModel"
     if not weights_path.is_file():
         raise BackboneFileError(f"{directory}: no {WEIGHTS_FILE}")
     recorded = (card.get("weights") or {}).get("sha256") if isinstance(card.get("weights"), dict) else None
-    if recorded is not None and _sha256(weights_path) != recorded:
+    if recorded is not None and file_sha256(weights_path) != recorded:
         raise BackboneFileError(f"{weights_path}: the weights file differs from the one the card describes "
                                 "(sha256 mismatch): corrupt or replaced")
     try:

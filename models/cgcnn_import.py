@@ -23,13 +23,13 @@ The featurisation is the reference's: cutoff 8 Å (``args.radius`` if present), 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matforge.datasets.errors import MatforgeDataError
+from matforge.datasets.shards import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from matforge.models.model import AtomisticModel
@@ -129,13 +129,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def convert_checkpoint(path: str | os.PathLike) -> tuple["AtomisticModel", dict[str, Any]]:
     """The released model at ``path`` as an :class:`AtomisticModel` (eval mode) and its provenance."""
@@ -206,7 +199,7 @@ def convert_checkpoint(path: str | os.PathLike) -> tuple["AtomisticModel", dict[
         "source": "released CGCNN model",
         "reference": REFERENCE,
         "source_file": path.name,
-        "source_sha256": _sha256(path),
+        "source_sha256": file_sha256(path),
         "objective": f"supervised {task} of {target}",
         "target": target,
         "units": RELEASED_UNITS.get(target, ""),
