@@ -281,8 +281,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "skip_steps": args.skip_steps, "repeats": args.repeats, "cpu_count": cores,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "runs": runs,
-        "best_settings": {str(w): {"threads_per_worker": r["threads_per_worker"], "loader_workers": r["loader_workers"]}
-                          for w, r in best.items()},
+        "best_settings": {str(w): {"threads_per_worker": r["threads_per_worker"], "loader_workers": r["loader_workers"],
+                                   "repeat": r["repeat"]} for w, r in best.items()},
         "throughput_atoms_per_s": {str(w): r["atoms_per_s"] for w, r in best.items()},
         "throughput_structures_per_s": {str(w): r["structures_per_s"] for w, r in best.items()},
         "launch_to_first_step_s": {str(w): r["launch_to_first_step_s"] for w, r in best.items()},
@@ -306,13 +306,13 @@ def format_table(report: dict[str, Any]) -> str:
              "",
              f"{'workers':>7s} {'threads':>7s} {'loaders':>7s} {'atoms/s':>9s} {'structs/s':>9s} {'wait':>6s} "
              f"{'to step 1 s':>11s} {'to 1st log s':>12s} {'load before/after':>17s}"]
-    best = {w: (s["threads_per_worker"], s["loader_workers"]) for w, s in report["best_settings"].items()}
+    best = {w: (s["threads_per_worker"], s["loader_workers"], s["repeat"]) for w, s in report["best_settings"].items()}
     for r in report["runs"]:
-        mark = " *" if best.get(str(r["workers"])) == (r["threads_per_worker"], r["loader_workers"]) else ""
+        mark = " *" if best.get(str(r["workers"])) == (r["threads_per_worker"], r["loader_workers"], r["repeat"]) else ""
         lines.append(f"{r['workers']:7d} {r['threads_per_worker']:7d} {r['loader_workers']:7d} {r['atoms_per_s']:9.0f} "
                      f"{r['structures_per_s']:9.1f} {r['data_wait_fraction']:6.3f} {r['launch_to_first_step_s']:11.1f} "
                      f"{r['launch_to_first_log_s']:12.1f} {r['load_average_1min_before']:8.2f}/{r['load_average_1min_after']:.2f}{mark}")
-    lines.append("(* best setting of that worker count; threads: torch threads per worker; loaders: DataLoader "
+    lines.append("(* the run kept for that worker count: its best setting and repeat; threads: torch threads per worker; loaders: DataLoader "
                  "processes per worker; wait: fraction of time waiting for data)")
     if report["speedup_over_1"]:
         lines.append("")
