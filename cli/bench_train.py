@@ -386,21 +386,22 @@ def format_table(report: dict[str, Any]) -> str:
         c = report["cgcnn"]
         lines += ["", f"CGCNN training step (batch {c['batch_size']} structures, {c['edges_per_atom']:.1f} edges/atom, "
                       f"target {c['target']}, {c['optimizer']}, MSE)",
-                  f"{'model':44s} {'structures/s':>12s} {'atoms/s':>10s} {'ms/step':>8s}"]
+                  f"{'model':50s} {'structures/s':>12s} {'atoms/s':>10s} {'ms/step':>8s}"]
         for setting, r in settings.items():
             if "cgcnn" not in r:
                 continue
             for key, label in [("original", "original CGCNN (re-implemented)"), ("matforge", "matforge cgcnn")]:
                 x = r["cgcnn"][key]
-                lines.append(f"{label + ' [' + setting + ' malloc]':44s} {x['structures_per_s']:12.0f} "
+                lines.append(f"{label + ' [' + setting + ' malloc]':50s} {x['structures_per_s']:12.0f} "
                              f"{x['atoms_per_s']:10.0f} {x['step_ms']:8.1f}")
-            lines.append(f"{'  speed-up matforge / original':44s} {r['cgcnn_speedup']:12.2f}x")
+            lines.append(f"{'  speed-up matforge / original':50s} {r['cgcnn_speedup']:12.2f}x")
         lines.append(f"issue 3: original ~{ORIGINAL_STRUCTURES_PER_S_ISSUE:.0f}/s on this machine; target for matforge "
                      f">= {TARGET_STRUCTURES_PER_S:.0f}/s -> {'met' if report['cgcnn_structures_per_s'] >= TARGET_STRUCTURES_PER_S else 'NOT met'} "
-                     f"({report['cgcnn_structures_per_s']:.0f}/s)")
+                     f"({report['cgcnn_structures_per_s']:.0f}/s with {report['threads']} thread(s); compare with the "
+                     f"original measured here at the same threads)")
     if "efs" in report:
         names = list(report["efs"])
-        lines += ["", f"EFS step (forces + stress, create_graph) over energy step, same batches (atom budget)",
+        lines += ["", "EFS step (forces + stress, create_graph) over energy step, same batches (atom budget)",
                   f"{'backbone':30s} {'atoms/batch':>11s} {'edges/atom':>10s} {'energy ms':>9s} {'efs ms':>8s} {'ratio':>6s}"]
         for setting, r in settings.items():
             for name in names:
