@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from matforge.models.atom_features import FEATURE_DIM, cgcnn_atom_features
 from matforge.models.base import Backbone, BackboneOutput, GraphInputs
-from matforge.models.cgcnn import GaussianDistance
+from matforge.models.cgcnn import GaussianDistance, edge_linear
 
 
 class AttentionConv(nn.Module):
@@ -56,7 +56,7 @@ class AttentionConv(nn.Module):
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """h (N, F), edge_index (2, E) [j, i], edge_attr (E, K) -> (N, F)."""
         j, i = edge_index[0], edge_index[1]
-        core = F.softplus(self.bn1(self.fc_core(torch.cat([h[i], h[j], edge_attr], dim=1))))
+        core = F.softplus(self.bn1(edge_linear(self.fc_core, h, edge_attr, i, j)))
         weights = self.attention(h, edge_index, edge_attr)
         summed = torch.zeros_like(h).index_add_(0, i, weights.unsqueeze(1) * core)
         return F.softplus(h + self.bn2(summed))
