@@ -162,7 +162,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     train_records = open_dataset(cfg.data.train, split=cfg.data.train_split)
     objective = build_objective(cfg)
-    model = build_model(cfg, objective, train_records.manifest.elements)
+    # on its device before the optimizer exists, so restored optimizer moments land there too
+    model = build_model(cfg, objective, train_records.manifest.elements).to(device)
     backbone = model.backbone
     graph_config = GraphConfig(cutoff=backbone.cutoff, max_neighbors=backbone.max_neighbors,
                                properties=tuple(objective.properties), dtype=cfg.train.dtype)
@@ -191,7 +192,6 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         if rank != 0:
             objective.apply_fit(model, state.fitted)
     state.world_size = world
-    model.to(device)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
     transform = objective.record_transform()
