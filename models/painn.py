@@ -41,10 +41,35 @@ landscape has meaningless phonons and breaks finite-difference checks. matforge 
 default (features are O(1)), so the soft norm is ≈ 1 + ‖V‖²/2 near zero and ≈ ‖V‖ far from it, and
 the energy is harmonic around symmetric configurations; ``norm_epsilon`` sets δ.
 
+Pair aggregation (same function, far less work): the filter is linear in the enveloped radial
+features ``R_e = [e(r_e) u(r_e), u(r_e)]`` ∈ R^{K+1}, ``W(r_e) = R_e Wᵀ`` (the bias ``b`` is the last
+column of ``W``), and ``φ_m(s_j)`` and ``v_j`` belong to the neighbour atom, whichever of its periodic
+images the edge reaches. So the edges ``e ∈ p`` of one ordered atom pair ``p = (j, i)`` (one edge
+per image of ``j`` within ``r_c`` of ``i``) are summed *before* the per-channel products::
+
+    R_p = Σ_{e∈p} R_e                    (P, K+1)        T_p = Σ_{e∈p} r̂_e ⊗ R_e      (P, 3, K+1)
+    Σ_{e∈p} x^s_e              = φ^s_m(s_j)  ⊙ (R_p W_sᵀ)
+    Σ_{e∈p} x^vv_e ⊙ v_j       = φ^vv_m(s_j) ⊙ (R_p W_vvᵀ) ⊙ v_j
+    Σ_{e∈p} x^vs_e ⊙ r̂_e       = φ^vs_m(s_j) ⊙ (T_p W_vsᵀ)                       (3 × F per pair)
+
+and the message block sums pair terms over the pairs of centre ``i``. This is the same function (a
+reordered sum). Only (E, K+1)-sized work remains per edge; the (·, 3, F) products, which dominate
+the double backward of force and stress training, are done once per pair. Small periodic cells
+have many images per pair (perov5 with r_c = 5 Å: ~39 edges but ~5 pairs per atom). ``R_p`` and
+``T_p`` are formed once and shared by all interactions.
+
+The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product where the per-edge form
+costs an (E, F) product and an (E, 3, F) outer product, so it only pays when pairs have several
+edges: it is used when E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P, and otherwise the direction term
+is summed per edge (``x^vs_e ⊙ r̂_e`` as written above) while ``x^s`` and ``x^vv`` still use ``R_p``.
+Large cells (each pair one edge, P = E) therefore run the per-edge form throughout.
+
 Output: ``BackboneOutput(node=s (N, F), vector=v (N, 3, F))``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -53,23 +78,54 @@ from matforge.models.base import Backbone, BackboneOutput, GraphInputs
 from matforge.models.radial import BesselBasis
 from matforge.models.radial import envelope as make_envelope
 
+PAIR_DIRECTION_MIN_EDGES = 1.5  # edges per pair from which the direction term is summed per pair
 
 
 def scalar_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
 
+def atom_pairs(edge_index: Tensor, num_atoms: int) -> tuple[Tensor, Tensor | None]:
+    """The distinct ordered atom pairs of the edges (module docstring, "Pair aggregation").
+
+    edge_index: (2, E) long, rows [neighbour j, centre i]. Returns ``(pair_index, edge_pair)``:
+    ``pair_index`` (2, P) long, rows [j, i], sorted by centre then neighbour, and ``edge_pair`` (E,)
+    the pair of each edge, or ``(edge_index, None)`` when no two edges share a pair (nothing to sum).
+    """
+    j, i = edge_index[0], edge_index[1]
+    key = i * num_atoms + j
+    pairs, edge_pair = torch.unique(key, sorted=True, return_inverse=True)
+    if pairs.numel() == key.numel():
+        return edge_index, None
+    return torch.stack([pairs % num_atoms, torch.div(pairs, num_atoms, rounding_mode="floor")]), edge_pair
+
+
+@dataclass
+class MessageGeometry:
+    """What the message blocks need of the graph (module docstring, "Pair aggregation").
+
+    pair_index (2, P) [j, i]; pair_radial R_p (P, K+1); pair_directional T_p (P, 3, K+1), or None
+    when the direction term is summed per edge from edge_index (2, E), edge_radial R_e (E, K+1) and
+    direction r̂_e (E, 3). pairs_are_edges: no two edges share a pair (pair_index is edge_index).
+    """
+
+    pair_index: Tensor
+    pair_radial: Tensor
+    pair_directional: Tensor | None
+    edge_index: Tensor
+    edge_radial: Tensor
+    direction: Tensor
+    pairs_are_edges: bool
+
+
 class PaiNNMessage(nn.Module):
-    """Message block: neighbour scalars and vectors, filtered by the radial basis (module docstring).
+    """Message block (module docstring: message block, pair aggregation).
 
-    Implementation notes (same function, less work; they matter most in the double backward of
-    force training):
-
-    * the filter ``(e(r) W_rbf + b) · u(r)`` is one bias-free linear map of the enveloped features
-      ``[e(r) u(r), u(r)]`` (the weight's last column is ``b``), one (E, 3F) product fewer;
-    * φ's output and the filter weight are split into their F-blocks per atom / per weight row, not
-      per edge, so the backward never concatenates (E, 3F) gradients;
-    * ``first=True`` (the first interaction, where every v_j = 0) has no ``x^vv`` block at all.
+    Parameters: ``phi`` = φ_m with output blocks [x^s, x^vs] (+ x^vv when not ``first``); ``filter``
+    weight (blocks × F, K+1) = W of each block, its last column the bias ``b`` of the radial filter.
+    ``first=True`` (the first interaction, where every v_j = 0) has no ``x^vv`` block at all. φ's
+    output and W are split into blocks per atom / per weight row, before any gather, so no backward
+    ever concatenates per-pair gradients.
     """
 
     def __init__(self, dim: int, num_radial: int, first: bool = False) -> None:
@@ -80,19 +136,31 @@ class PaiNNMessage(nn.Module):
         self.phi = scalar_mlp(dim, dim, parts * dim)
         self.filter = nn.Linear(num_radial + 1, parts * dim, bias=False)
 
-    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, enveloped_radial: Tensor,
-                direction: Tensor) -> tuple[Tensor, Tensor]:
-        j, i = edge_index[0], edge_index[1]
+    def forward(self, s: Tensor, v: Tensor, geometry: MessageGeometry) -> tuple[Tensor, Tensor]:
+        """s (N, F), v (N, 3, F) -> the updated (s, v)."""
+        g = geometry
+        j, i = g.pair_index[0], g.pair_index[1]
         phi = torch.split(self.phi(s), self.dim, dim=-1)
         weight = torch.split(self.filter.weight, self.dim, dim=0)
-        x_s = phi[0].index_select(0, j) * nn.functional.linear(enveloped_radial, weight[0])
-        x_vs = phi[1].index_select(0, j) * nn.functional.linear(enveloped_radial, weight[1])
-        ds = torch.zeros_like(s).index_add(0, i, x_s)
-        dv_edge = x_vs.unsqueeze(1) * direction.unsqueeze(-1)
+        linear = nn.functional.linear
+        ds = torch.zeros_like(s).index_add(0, i, phi[0].index_select(0, j) * linear(g.pair_radial, weight[0]))
+        dv = torch.zeros_like(v)
+        if g.pair_directional is not None:
+            dv_pair = torch.matmul(g.pair_directional, weight[1].t()) * phi[1].index_select(0, j).unsqueeze(1)
+        else:
+            x_vs = phi[1].index_select(0, g.edge_index[0]) * linear(g.edge_radial, weight[1])
+            dv_edge = x_vs.unsqueeze(1) * g.direction.unsqueeze(-1)                    # (E, 3, F)
+            if g.pairs_are_edges:
+                dv_pair = dv_edge
+            else:
+                dv = dv.index_add(0, g.edge_index[1], dv_edge)
+                dv_pair = None
         if not self.first:
-            x_vv = phi[2].index_select(0, j) * nn.functional.linear(enveloped_radial, weight[2])
-            dv_edge = torch.addcmul(dv_edge, x_vv.unsqueeze(1), v.index_select(0, j))
-        dv = torch.zeros_like(v).index_add(0, i, dv_edge)
+            x_vv = (phi[2].index_select(0, j) * linear(g.pair_radial, weight[2])).unsqueeze(1)
+            v_j = v.index_select(0, j)                                                  # (P, 3, F)
+            dv_pair = x_vv * v_j if dv_pair is None else torch.addcmul(dv_pair, x_vv, v_j)
+        if dv_pair is not None:
+            dv = dv.index_add(0, i, dv_pair)
         return s + ds, v + dv
 
 
@@ -123,9 +191,8 @@ class PaiNNInteraction(nn.Module):
         self.message = PaiNNMessage(dim, num_radial, first)
         self.update = PaiNNUpdate(dim, norm_epsilon)
 
-    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, enveloped_radial: Tensor,
-                direction: Tensor) -> tuple[Tensor, Tensor]:
-        s, v = self.message(s, v, edge_index, enveloped_radial, direction)
+    def forward(self, s: Tensor, v: Tensor, geometry: MessageGeometry) -> tuple[Tensor, Tensor]:
+        s, v = self.message(s, v, geometry)
         return self.update(s, v)
 
 
@@ -171,15 +238,31 @@ class PaiNN(Backbone):
     def smooth(self) -> bool:
         return True
 
-    def forward(self, inputs: GraphInputs) -> BackboneOutput:
+    def message_geometry(self, inputs: GraphInputs) -> MessageGeometry:
+        """Radial features and directions of the edges, summed per atom pair (module docstring)."""
         length = inputs.edge_length
         direction = inputs.edge_vec / length.unsqueeze(-1)
         env = self.envelope(length).unsqueeze(-1)
-        enveloped_radial = torch.cat([self.radial(length) * env, env], dim=-1)     # (E, num_radial + 1)
+        radial = torch.cat([self.radial(length) * env, env], dim=-1)                # (E, K+1)
+        pair_index, edge_pair = atom_pairs(inputs.edge_index, inputs.z.shape[0])
+        if edge_pair is None:
+            return MessageGeometry(pair_index, radial, None, inputs.edge_index, radial, direction, True)
+        num_pairs = pair_index.shape[1]
+        pair_radial = radial.new_zeros((num_pairs, radial.shape[1])).index_add(0, edge_pair, radial)
+        pair_directional = None
+        if edge_pair.shape[0] >= PAIR_DIRECTION_MIN_EDGES * num_pairs:
+            directional = direction.unsqueeze(-1) * radial.unsqueeze(1)                 # (E, 3, K+1)
+            pair_directional = directional.new_zeros((num_pairs,) + directional.shape[1:]).index_add(
+                0, edge_pair, directional)
+        return MessageGeometry(pair_index, pair_radial, pair_directional, inputs.edge_index, radial, direction,
+                               False)
+
+    def forward(self, inputs: GraphInputs) -> BackboneOutput:
+        geometry = self.message_geometry(inputs)
         s = self.embedding(inputs.z)
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))
         for block in self.blocks:
-            s, v = block(s, v, inputs.edge_index, enveloped_radial, direction)
+            s, v = block(s, v, geometry)
         return BackboneOutput(node=s, vector=v)
 
     def freeze_groups(self) -> list[tuple[str, list[nn.Module]]]:
