@@ -13,7 +13,7 @@ Radial filter (per interaction): ``W(r) = (e(r) W_rbf + b) · u(r)`` ∈ R^{3F},
 
 Message block (neighbours j of i within r_c)::
 
-    [x^vv, x^s, x^vs]_ij = φ_m(s_j) ⊙ W(r)                         (split into three F-blocks)
+    [x^s, x^vs, x^vv]_ij = φ_m(s_j) ⊙ W(r)          (three F-blocks, in this order in φ_m and W)
     s_i ← s_i + Σ_j x^s_ij
     v_i ← v_i + Σ_j ( x^vv_ij ⊙ v_j  +  x^vs_ij ⊙ r̂_ij )
 
@@ -59,10 +59,11 @@ have many images per pair (perov5 with r_c = 5 Å: ~39 edges but ~5 pairs per at
 ``T_p`` are formed once and shared by all interactions.
 
 The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product where the per-edge form
-costs an (E, F) product and an (E, 3, F) outer product, so it only pays when pairs have several
-edges: it is used when E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P, and otherwise the direction term
-is summed per edge (``x^vs_e ⊙ r̂_e`` as written above) while ``x^s`` and ``x^vv`` still use ``R_p``.
-Large cells (each pair one edge, P = E) therefore run the per-edge form throughout.
+costs an (E, F) product and an (E, 3, F) outer product, so it only pays when pairs have more than
+about one edge (measured on 2 cores: slower at E ≈ P, faster for force training from E ≈ 1.3 P).
+It is used when E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P; otherwise the direction term is summed
+per edge (``x^vs_e ⊙ r̂_e`` as written above) while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs
+where no two edges share a pair (P = E: large cells, molecules) run the per-edge form throughout.
 
 Output: ``BackboneOutput(node=s (N, F), vector=v (N, 3, F))``.
 """
