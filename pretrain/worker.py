@@ -192,7 +192,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         if rank != 0:
             objective.apply_fit(model, state.fitted)
     state.world_size = world
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    ddp_model = ray.train.torch.prepare_model(
+        model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
 
     transform = objective.record_transform()
     loader, sampler = make_loader(
@@ -295,6 +296,19 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             sampler.set_epoch(state.epoch, 0)
     monitor.close()
     batch_log.close()
+
+
+def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:
+    """DistributedDataParallel options for ``model``.
+
+    DDP's default broadcasts every buffer from rank 0 at the start of each forward: one blocking
+    collective per step. The buffers here (element references, normalisers, radial constants) are fitted
+    once, broadcast before training and constant after, so that broadcast is skipped, unless a module
+    updates buffers in training (BatchNorm running statistics), where rank 0's statistics stay the ones
+    every rank uses, as DDP does by default.
+    """
+    updates_buffers = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return {"broadcast_buffers": updates_buffers, "gradient_as_bucket_view": True}
 
 
 def _timed(loader: Any):
