@@ -50,7 +50,9 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": worker_env(cfg)}
+    from matforge.pretrain.ray_logging import SETUP_HOOK
+
+    runtime_env: dict[str, Any] = {"env_vars": worker_env(cfg), "worker_process_setup_hook": SETUP_HOOK}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
@@ -59,6 +61,8 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
     if needed > cpus:
         print(f"[matforge] {cfg.scaling.num_workers} workers × {cfg.scaling.cpus_per_worker} CPU exceed the "
               f"machine's {cpus} cores; oversubscribing", flush=True)
+    # an embedded instance has no spot nodes to be preempted: skip Train's preemption-watcher actor
+    runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     ray.init(num_cpus=max(cpus, int(needed + 0.999)), include_dashboard=False, runtime_env=runtime_env,
              log_to_driver=True, configure_logging=True, logging_level="WARNING",
              logging_config=ray.LoggingConfig(log_level="WARNING"))

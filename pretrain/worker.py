@@ -145,8 +145,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     from matforge.datasets.loader import make_loader
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.models.objectives import combine
+    from matforge.pretrain.ray_logging import quiet_ray_train_loggers
 
     import warnings
+
+    quiet_ray_train_loggers()  # again here: Ray Train's worker logging set-up resets what the hook set
 
     # DDP notes that a (1, F) weight's gradient from the double backward is transposed; harmless
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -308,7 +311,7 @@ def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:
     every rank uses, as DDP does by default.
     """
     updates_buffers = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return {"broadcast_buffers": updates_buffers, "gradient_as_bucket_view": True}
+    return {"forward_sync_buffers": updates_buffers, "gradient_as_bucket_view": True}
 
 
 def _timed(loader: Any):

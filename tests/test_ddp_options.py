@@ -9,10 +9,10 @@ from matforge.pretrain.worker import _ddp_options
 def test_models_without_batchnorm_skip_the_buffer_broadcast() -> None:
     for name in ("painn", "cgcnn_smooth"):
         model = create(name)
-        assert _ddp_options(model) == {"broadcast_buffers": False, "gradient_as_bucket_view": True}, name
+        assert _ddp_options(model) == {"forward_sync_buffers": False, "gradient_as_bucket_view": True}, name
 
 
 def test_batchnorm_models_keep_the_buffer_broadcast() -> None:
     for name in ("cgcnn", "cgcnn_attention"):
         model = create(name)
-        assert _ddp_options(model)["broadcast_buffers"] is True, name
+        assert _ddp_options(model)["forward_sync_buffers"] is True, name
