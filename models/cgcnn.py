@@ -152,6 +152,7 @@ class CGCNN(Backbone):
     """
 
     arch = "cgcnn"
+    conv_class: type[nn.Module] = CGCNNConv  # (F, K) -> one convolution; variants swap it
 
     def __init__(self, atom_fea_len: int = 64, n_conv: int = 3, cutoff: float = 8.0,
                  max_neighbors: int | None = 12, gaussian_step: float = 0.2, gaussian_dmin: float = 0.0,
@@ -174,7 +175,7 @@ class CGCNN(Backbone):
         self.expansion = GaussianDistance(gaussian_dmin, cutoff, gaussian_step)
         self.embedding = nn.Linear(FEATURE_DIM, atom_fea_len)
         self.convs = nn.ModuleList(
-            [CGCNNConv(atom_fea_len, self.expansion.num_features) for _ in range(n_conv)])
+            [self.conv_class(atom_fea_len, self.expansion.num_features) for _ in range(n_conv)])
 
     @property
     def cutoff(self) -> float:

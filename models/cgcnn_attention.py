@@ -25,15 +25,11 @@ subtracted, so large logits do not overflow).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matforge.models.atom_features import FEATURE_DIM, cgcnn_atom_features
-from matforge.models.base import Backbone, BackboneOutput, GraphInputs
-from matforge.models.cgcnn import GaussianDistance, edge_linear
+from matforge.models.cgcnn import CGCNN, edge_linear
 
 
 class AttentionConv(nn.Module):
@@ -62,52 +58,20 @@ class AttentionConv(nn.Module):
         return F.softplus(h + self.bn2(summed))
 
 
-class AttentionCGCNN(Backbone):
+class AttentionCGCNN(CGCNN):
     """Attention-CGCNN backbone (arch ``"cgcnn_attention"``): per-atom embeddings (N, atom_fea_len).
 
-    Hyper-parameters as :class:`~matforge.models.cgcnn.CGCNN` (atom_fea_len, n_conv, cutoff Å,
-    max_neighbors, gaussian_step Å, gaussian_dmin Å), without padding.
+    The exact CGCNN's featurisation, embedding and residual layout with :class:`AttentionConv` in
+    place of the gated convolution, and no neighbour padding. Hyper-parameters as
+    :class:`~matforge.models.cgcnn.CGCNN` (atom_fea_len, n_conv, cutoff Å, max_neighbors,
+    gaussian_step Å, gaussian_dmin Å).
     """
 
     arch = "cgcnn_attention"
+    conv_class = AttentionConv
 
     def __init__(self, atom_fea_len: int = 64, n_conv: int = 3, cutoff: float = 8.0,
                  max_neighbors: int | None = 12, gaussian_step: float = 0.2, gaussian_dmin: float = 0.0) -> None:
-        super().__init__()
-        if atom_fea_len < 1 or n_conv < 0:
-            raise ValueError(f"need atom_fea_len >= 1 and n_conv >= 0 (got {atom_fea_len}, {n_conv})")
-        self.hparams: dict[str, Any] = {
-            "atom_fea_len": int(atom_fea_len), "n_conv": int(n_conv), "cutoff": float(cutoff),
-            "max_neighbors": None if max_neighbors is None else int(max_neighbors),
-            "gaussian_step": float(gaussian_step), "gaussian_dmin": float(gaussian_dmin),
-        }
-        self._cutoff = float(cutoff)
-        self._max_neighbors = self.hparams["max_neighbors"]
-        self.register_buffer("atom_features", cgcnn_atom_features(), persistent=False)
-        self.expansion = GaussianDistance(gaussian_dmin, cutoff, gaussian_step)
-        self.embedding = nn.Linear(FEATURE_DIM, atom_fea_len)
-        self.convs = nn.ModuleList(
-            [AttentionConv(atom_fea_len, self.expansion.num_features) for _ in range(n_conv)])
-
-    @property
-    def cutoff(self) -> float:
-        return self._cutoff
-
-    @property
-    def max_neighbors(self) -> int | None:
-        return self._max_neighbors
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.hparams["atom_fea_len"]
-
-    def forward(self, inputs: GraphInputs) -> BackboneOutput:
-        weight = self.embedding.weight
-        h = self.embedding(self.atom_features[inputs.z].to(weight.dtype))
-        edge_attr = self.expansion(inputs.edge_length.to(weight.dtype))
-        for conv in self.convs:
-            h = conv(h, inputs.edge_index, edge_attr)
-        return BackboneOutput(node=h)
-
-    def freeze_groups(self) -> list[tuple[str, list[nn.Module]]]:
-        return [("embedding", [self.embedding])] + [(f"block.{k}", [conv]) for k, conv in enumerate(self.convs)]
+        super().__init__(atom_fea_len, n_conv, cutoff, max_neighbors, gaussian_step, gaussian_dmin,
+                         pad_neighbors=False)
+        del self.hparams["pad_neighbors"]  # hparams are this constructor's arguments (backbone card)
