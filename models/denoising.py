@@ -78,6 +78,10 @@ class _DenoiseObjective(Objective):
             raise ValueError(f"batch.noise has shape {tuple(eta.shape)}, expected ({num_atoms}, 3)")
         return eta, _per_atom(mask, batch, num_atoms).unsqueeze(-1)
 
+    def label_masks(self, batch: Any) -> dict[str, tuple[Tensor, tuple[int, ...]]]:
+        num_atoms = int(batch.num_nodes)
+        return {"noise": (self._noise(batch, num_atoms)[1], (num_atoms, 3))}
+
     def _predicted_noise(self, outputs: dict[str, Tensor]) -> Tensor:
         """η estimated by the model (N, 3), Å."""
         raise NotImplementedError

@@ -30,7 +30,7 @@ the same parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,12 @@ def elementwise(kind: str, pred: Tensor, target: Tensor, huber_delta: float = 0.
     return F.huber_loss(pred, target, reduction="none", delta=float(huber_delta))
 
 
+def mask_count(mask: Tensor, shape: Sequence[int]) -> Tensor:
+    """Number of True values of ``mask`` broadcast to ``shape`` (a float64 scalar, no grad): the
+    ``count`` of :meth:`Term.masked` for values of that shape, known without the values."""
+    return mask.to(torch.bool).expand(tuple(shape)).sum().to(torch.float64).detach()
+
+
 @dataclass
 class Term:
     """A partial mean: ``sum`` (scalar, differentiable) of ``count`` values (scalar float, no grad)."""
@@ -75,8 +81,7 @@ class Term:
         if mask.shape != values.shape:
             mask = mask.expand_as(values)
         total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
-        count = mask.sum().to(values.dtype).detach()
-        return cls(total, count)
+        return cls(total, mask_count(mask, values.shape).to(values.dtype))
 
     def mean(self) -> Tensor:
         """``sum / count`` (0 when ``count`` is 0), detached: for logging a single rank's value."""

@@ -11,6 +11,8 @@ An :class:`Objective` is the contract between the trainer and the models package
   them as a JSON-able dict; ``apply_fit(model, fitted)`` sets the same on the other ranks;
 * ``terms(outputs, batch)`` returns loss components as partial means (:class:`~matforge.models.losses.Term`),
   ``weights()`` their weights, and :func:`combine` (with counts all-reduced across ranks) the total;
+* ``counts(batch)`` gives the terms' counts from the batch alone (``label_masks``), before the
+  forward pass, so the trainer's all-reduce of them runs while the model does;
 * ``metrics(outputs, batch)`` returns validation errors as (Σ|error|, count) in physical units.
 
 Every objective returns the same term and metric names for every batch (count 0 where a batch has
@@ -36,7 +38,7 @@ import torch
 from torch import Tensor
 
 from matforge.models.fitting import collect_labels, describe_dataset, fit_energy
-from matforge.models.losses import LOSS_KINDS, Term, combine, elementwise, global_counts, reduce_terms
+from matforge.models.losses import LOSS_KINDS, Term, combine, elementwise, global_counts, mask_count, reduce_terms
 from matforge.models.model import NUM_ELEMENT_SLOTS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,6 +166,16 @@ class Objective:
     def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
         raise NotImplementedError
 
+    def label_masks(self, batch: Any) -> dict[str, tuple[Tensor, tuple[int, ...]]]:
+        """Term name -> (mask, shape of the term's element-wise values), from the batch alone: the
+        mask broadcasts to that shape and selects the values :meth:`terms` averages."""
+        raise NotImplementedError
+
+    def counts(self, batch: Any) -> dict[str, Tensor]:
+        """The ``count`` of each of :meth:`terms`' terms (float64 scalars), known before the forward
+        pass: the trainer all-reduces them while the model runs."""
+        return {name: mask_count(mask, shape) for name, (mask, shape) in self.label_masks(batch).items()}
+
     def weights(self) -> dict[str, float]:
         raise NotImplementedError
 
@@ -222,23 +234,31 @@ class EnergyObjective(Objective):
     def weights(self) -> dict[str, float]:
         return {k: self._weights[k] for k in self.components}
 
+    def label_masks(self, batch: Any) -> dict[str, tuple[Tensor, tuple[int, ...]]]:
+        num_graphs, num_atoms = int(batch.natoms.shape[0]), int(batch.num_nodes)
+        masks = {"energy": (batch.has_energy.reshape(-1), (num_graphs,))}
+        if "forces" in self.components:
+            masks["forces"] = (_per_atom(batch.has_forces, batch, num_atoms).unsqueeze(-1), (num_atoms, 3))
+        if "stress" in self.components:
+            masks["stress"] = (batch.has_stress.view(-1, 1, 1), (num_graphs, 3, 3))
+        return masks
+
     def _pairs(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
         """component -> (prediction, target, mask broadcastable to both), in physical units."""
+        masks = self.label_masks(batch)
         pred_e = outputs["energy"]
         natoms = batch.natoms.to(pred_e.dtype)
-        out = {"energy": (pred_e / natoms, batch.energy.to(pred_e.dtype) / natoms, batch.has_energy)}
+        out = {"energy": (pred_e / natoms, batch.energy.to(pred_e.dtype) / natoms, masks["energy"][0])}
+        for name in ("forces", "stress"):
+            if name in self.components and name not in outputs:
+                raise ValueError(f"objective {self.name!r} needs outputs[{name!r}]: call the model with "
+                                 f"**objective.forward_options()")
         if "forces" in self.components:
-            if "forces" not in outputs:
-                raise ValueError(f"objective {self.name!r} needs outputs['forces']: call the model with "
-                                 f"**objective.forward_options()")
             f = outputs["forces"]
-            out["forces"] = (f, batch.forces.to(f.dtype), _per_atom(batch.has_forces, batch, f.shape[0]).unsqueeze(-1))
+            out["forces"] = (f, batch.forces.to(f.dtype), masks["forces"][0])
         if "stress" in self.components:
-            if "stress" not in outputs:
-                raise ValueError(f"objective {self.name!r} needs outputs['stress']: call the model with "
-                                 f"**objective.forward_options()")
             s = outputs["stress"]
-            out["stress"] = (s, batch.stress.to(s.dtype).reshape(s.shape), batch.has_stress.view(-1, 1, 1))
+            out["stress"] = (s, batch.stress.to(s.dtype).reshape(s.shape), masks["stress"][0])
         return out
 
     def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:

@@ -88,6 +88,13 @@ class PropertyObjective(Objective):
                              f"properties {tuple(pred.shape)}: build graphs with GraphConfig(properties={self.names})")
         return pred, y.to(pred.dtype), mask
 
+    def label_masks(self, batch: Any) -> dict[str, tuple[Tensor, tuple[int, ...]]]:
+        mask = _field(batch, "y_mask", self.name).to(torch.bool)
+        if mask.dim() != 2 or mask.shape[1] != len(self.names):
+            raise ValueError(f"batch.y_mask has shape {tuple(mask.shape)}, expected (structures, {len(self.names)}): "
+                             f"build graphs with GraphConfig(properties={self.names})")
+        return {f"property:{n}": (mask[:, p], (int(mask.shape[0]),)) for p, n in enumerate(self.names)}
+
     def terms(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
         pred, y, mask = self._labels(outputs, batch)
         std = self.std.to(device=pred.device, dtype=pred.dtype)

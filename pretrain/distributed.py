@@ -1,7 +1,8 @@
 """The few collectives the trainer needs, as no-ops when ``torch.distributed`` is not initialised.
 
-* :func:`all_reduce_sum`: one ``all_reduce`` of a flat float64 vector (counts of the loss terms,
-  metric sums, throughput counters): a single small message per call.
+* :func:`all_reduce_sum`: one ``all_reduce`` of a flat float64 vector (metric sums, throughput
+  counters): a single small message per call; :func:`start_all_reduce_sum` the same without
+  waiting (the loss terms' counts, reduced while the forward pass runs).
 * :func:`broadcast_json`: rank 0's JSON-able object to every rank (the fitted normalisers).
 """
 
@@ -32,6 +33,30 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+class PendingSum:
+    """A sum over ranks in flight; :meth:`result` waits for it (at once when not distributed)."""
+
+    def __init__(self, values: torch.Tensor, work: Any = None) -> None:
+        self._values = values
+        self._work = work
+
+    def result(self) -> torch.Tensor:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return self._values
+
+
+def start_all_reduce_sum(values: torch.Tensor) -> PendingSum:
+    """Start summing ``values`` over ranks (a new tensor; input untouched) and return at once.
+
+    Every rank must start the same collectives in the same order, as for any collective."""
+    out = values.detach().clone()
+    if is_distributed():
+        return PendingSum(out, dist.all_reduce(out, op=dist.ReduceOp.SUM, async_op=True))
+    return PendingSum(out)
 
 
 def broadcast_json(obj: Any, device: torch.device) -> Any:

@@ -343,3 +343,30 @@ def test_a_few_optimisation_steps_reduce_the_loss(tiny_records, name, arch):
         optimiser.step()
     after = float(loss().detach())
     assert np.isfinite(before) and after < 0.8 * before, (before, after)
+
+
+# --- counts known before the forward pass ----------------------------------------------------------------
+
+EXPECTED_COUNTS = {
+    "energy": {"energy": 2.0},
+    "energy_forces": {"energy": 2.0, "forces": 15.0},                 # (2 + 3 atoms) x 3 components
+    "efs": {"energy": 2.0, "forces": 15.0, "stress": 9.0},            # one structure's 9 components
+    "denoise_head": {"noise": 15.0},                                  # relaxed a and c: 5 atoms x 3
+    "denoise_derivative": {"noise": 15.0},
+    "combined": {"property:gap": 2.0, "property:k": 2.0},
+}
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_counts_from_the_batch_alone_equal_the_counts_of_the_terms(name):
+    recs = [record("a", 2, 0, energy=-10.0, forces=True, stress=True, props={"gap": 1.0}),
+            record("b", 4, 1, equilibrium=False, props={"k": 2.0}),            # no E/F/S, not relaxed
+            record("c", 3, 2, energy=-6.0, forces=True, props={"gap": 4.0, "k": 1.0})]
+    objective = build_objective(name, noise_std=SIGMA, properties=["gap", "k"])
+    batch = objective_batch(objective, recs)
+    counts = objective.counts(batch)
+    terms = objective.terms(model_for(objective)(batch, **objective.forward_options()), batch)
+    assert list(counts) == list(terms)
+    assert all(c.dtype == torch.float64 and not c.requires_grad for c in counts.values())
+    assert {k: float(c) for k, c in counts.items()} == {k: float(t.count) for k, t in terms.items()}
+    assert {k: float(c) for k, c in counts.items()} == EXPECTED_COUNTS[name]

@@ -16,7 +16,7 @@ import pytest
 from matforge.datasets.splits import write_splits
 from matforge.datasets.synth import write_synth
 from matforge.pretrain.config import load_config
-from matforge.pretrain.launcher import run_pretrain
+from matforge.pretrain.launcher import EMBEDDED_WORKER_NICENESS, run_pretrain
 from matforge.pretrain.worker import BATCH_LOG_ENV, FAULT_ENV
 
 pytestmark = pytest.mark.integration
@@ -72,6 +72,10 @@ def test_sigkilled_worker_recovers_and_rerun_resumes(ray_session, emt_dir: Path,
     assert streamed.count("[matforge] step 2/12 ") == 1, streamed[-3000:]
     assert "Reporting training result" not in streamed
     assert "Failed to query Ray Train Controller" not in streamed
+    # the embedded instance runs its workers at the default priority, not Ray's nice 15
+    import ray
+
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == EMBEDDED_WORKER_NICENESS
 
     for rank in (0, 1):
         seen = _steps_seen(run_dir, rank)
