@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from matforge.cli.bench_pretrain import Scalar, best_runs, loader_options, read_scalars, summarise, thread_options
+from matforge.cli.bench_pretrain import (Scalar, best_runs, format_table, loader_options, read_scalars, summarise,
+                                        thread_options)
 from matforge.cli.main import main
 
 TINY_MODEL = "model.hyperparameters={hidden: 8, num_interactions: 1, cutoff: 4.0}"
@@ -21,6 +22,33 @@ def _run_json(capsys, *args: str) -> dict:
     out = capsys.readouterr().out.strip()
     assert len(out.splitlines()) == 1  # one JSON object: the runs' own output stays in their pipes
     return json.loads(out)
+
+
+def _run(workers: int, threads: int, loaders: int, atoms_per_s: float) -> dict:
+    return {"workers": workers, "threads_per_worker": threads, "loader_workers": loaders, "repeat": 0,
+            "atoms_per_s": atoms_per_s, "structures_per_s": atoms_per_s / 10, "data_wait_fraction": 0.05,
+            "launch_to_first_step_s": 15.0, "launch_to_first_log_s": 16.0, "load_average_1min_before": 1.0,
+            "load_average_1min_after": 1.5}
+
+
+def test_table_judges_the_target_at_the_best_equal_setting():
+    report = {"config": "quickstart", "model": "painn", "model_hyperparameters": {}, "objective": "efs",
+              "data_origin": "given", "max_atoms_per_worker": 256, "steps": 100, "log_every": 10, "skip_steps": 10,
+              "repeats": 1, "cpu_count": 2,
+              "runs": [_run(1, 1, 0, 4000.0), _run(1, 2, 0, 5000.0), _run(1, 1, 1, 4200.0),
+                       _run(2, 1, 0, 7000.0), _run(2, 1, 1, 6300.0)],
+              "best_settings": {"1": {"threads_per_worker": 2, "loader_workers": 0, "repeat": 0},
+                                "2": {"threads_per_worker": 1, "loader_workers": 0, "repeat": 0}},
+              "speedup_over_1": {"1": 1.0, "2": 1.4},
+              "speedup_2_over_1_same_settings": {"threads=1,loader_workers=0": 1.75, "threads=1,loader_workers=1": 1.5}}
+    table = format_table(report)
+    assert "speed-up 2 workers over 1, each with its best setting: 1.40x" in table
+    assert "1.75x at threads=1,loader_workers=0 -> met" in table
+    report["speedup_2_over_1_same_settings"] = {"threads=1,loader_workers=0": 1.69}
+    assert "1.69x at threads=1,loader_workers=0 -> NOT met" in format_table(report)
+    # the rows kept for each worker count are starred
+    starred = [line.split()[:3] for line in table.splitlines() if line.endswith(" *")]
+    assert starred == [["1", "2", "0"], ["2", "1", "0"]]
 
 
 def test_summary_skips_start_up_windows():
