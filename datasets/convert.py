@@ -59,6 +59,7 @@ class Summary:
     trajectory: str
     composition: str
     equilibrium: int
+    volume: float      # Å³; NaN unless periodic in all three directions
 
 
 def summarise(record: Record) -> Summary:
@@ -67,6 +68,7 @@ def summarise(record: Record) -> Summary:
         forces=record.forces, stress=record.stress, properties=record.properties,
         trajectory=record.trajectory, composition=record.composition(),
         equilibrium=-1 if record.equilibrium is None else int(record.equilibrium),
+        volume=record.volume if bool(np.all(record.pbc)) else float("nan"),
     )
 
 
@@ -113,6 +115,7 @@ class _Accumulator:
     trajectory: list[str] = field(default_factory=list)
     composition: list[str] = field(default_factory=list)
     equilibrium: list[int] = field(default_factory=list)
+    volume: list[float] = field(default_factory=list)
     element_atoms: dict[int, int] = field(default_factory=dict)
     element_structures: dict[int, int] = field(default_factory=dict)
     stats: dict[str, RunningStats] = field(default_factory=dict)
@@ -127,6 +130,7 @@ class _Accumulator:
         self.trajectory.append(s.trajectory)
         self.composition.append(s.composition)
         self.equilibrium.append(s.equilibrium)
+        self.volume.append(s.volume)
         zs, counts = np.unique(s.numbers, return_counts=True)
         for z, c in zip(zs.tolist(), counts.tolist()):
             self.element_atoms[z] = self.element_atoms.get(z, 0) + c
@@ -155,6 +159,7 @@ class _Accumulator:
             "composition_code": comp_codes.astype(np.int32),
             "compositions": comp_names,
             "equilibrium": np.asarray(self.equilibrium, dtype=np.int8),
+            "volume": np.asarray(self.volume, dtype=np.float64),
         }
 
 

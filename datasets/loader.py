@@ -154,6 +154,7 @@ def make_loader(
     prefetch_factor: int | None = None,
     multiprocessing_context: Any = None,
     transform: RecordTransform | None = None,
+    cost: np.ndarray | None = None,
 ) -> tuple[DataLoader, AtomBudgetBatchSampler]:
     """A DataLoader of PyG ``Batch`` es under an atom budget, and its sampler.
 
@@ -164,6 +165,8 @@ def make_loader(
     ``persistent_workers`` defaults to ``num_workers > 0``. ``multiprocessing_context``: e.g.
     ``"spawn"`` or ``"fork"`` (default: the platform's). ``transform``: a record transform (see
     :class:`GraphDataset`), called with each record's index in ``dataset`` and the batch's epoch.
+    ``cost``: estimated cost per record (:func:`~matforge.datasets.step_balance.structure_costs`):
+    with ``world_size > 1`` each step's batches are balanced across ranks by it.
     """
     if isinstance(dataset, GraphDataset):
         if graph_config is not None and graph_config != dataset.config:
@@ -175,7 +178,7 @@ def make_loader(
         graphs = GraphDataset(dataset, graph_config, transform)
     sampler = AtomBudgetBatchSampler(
         graphs.natoms, max_atoms, shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
-        drop_last=drop_last, epoch=epoch, start_batch=start_batch,
+        drop_last=drop_last, epoch=epoch, start_batch=start_batch, cost=cost,
     )
     if persistent_workers is None:
         persistent_workers = num_workers > 0

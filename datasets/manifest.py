@@ -10,6 +10,9 @@ for batching and splitting without touching the shards:
 * ``trajectory_code`` int32 (R,) indexing ``trajectories`` (unicode array)
 * ``composition_code`` int32 (R,) indexing ``compositions`` (unicode array)
 * ``equilibrium`` int8 (R,): 1 relaxed, 0 off-equilibrium, -1 unknown
+* ``volume`` float64 (R,): cell volume in Å³, NaN unless periodic in all three directions (for
+  balancing ranks' work; datasets written before it was added lack it, and batching falls back to
+  atom counts)
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ For epoch ``e`` every rank computes the same *global* batch list:
 
    With ``world_size=1`` nothing is padded or dropped: every index appears exactly once per epoch.
 
+4. balancing (optional, ``cost`` given and W > 1): each full step of W consecutive global batches
+   is re-partitioned so that the ranks' estimated costs are about equal
+   (:mod:`matforge.datasets.step_balance`); the structures of a step stay in that step.
+
 Resuming: ``state_dict()`` records ``epoch`` and ``batch_index`` (this rank's position within the
 epoch); after ``load_state_dict`` the next iteration yields exactly the batches from
 ``batch_index`` on, then following epochs start at 0. With DataLoader workers the sampler runs
@@ -33,6 +37,8 @@ import warnings
 from typing import Any, Iterator
 
 import numpy as np
+
+from matforge.datasets.step_balance import balance_steps
 
 
 def pack_boundaries(sizes: np.ndarray, max_atoms: int) -> np.ndarray:
@@ -61,7 +67,7 @@ class AtomBudgetBatchSampler:
 
     def __init__(self, natoms: np.ndarray, max_atoms: int, *, shuffle: bool = True, seed: int = 0,
                  world_size: int = 1, rank: int = 0, drop_last: bool = False,
-                 epoch: int = 0, start_batch: int = 0) -> None:
+                 epoch: int = 0, start_batch: int = 0, cost: np.ndarray | None = None) -> None:
         natoms = np.asarray(natoms)
         if natoms.ndim != 1:
             raise ValueError(f"natoms must be a 1-d array, got shape {natoms.shape}")
@@ -78,7 +84,16 @@ class AtomBudgetBatchSampler:
         self.world_size = int(world_size)
         self.rank = int(rank)
         self.drop_last = bool(drop_last)
-        self._fingerprint = hashlib.sha256(self.natoms.tobytes()).hexdigest()[:16]
+        self.cost = None
+        if cost is not None:
+            self.cost = np.asarray(cost, dtype=np.float64)
+            if self.cost.shape != self.natoms.shape or not np.isfinite(self.cost).all():
+                raise ValueError(f"cost must be finite with the shape of natoms {self.natoms.shape}, "
+                                 f"got shape {self.cost.shape}")
+        digest = hashlib.sha256(self.natoms.tobytes())
+        if self.cost is not None:
+            digest.update(self.cost.tobytes())
+        self._fingerprint = digest.hexdigest()[:16]
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._warned = False
         self.epoch = 0
@@ -100,6 +115,10 @@ class AtomBudgetBatchSampler:
             return self._cache[1], self._cache[2]
         order = self.epoch_order(epoch)
         starts = pack_boundaries(self.natoms[order], self.max_atoms)
+        if self.cost is not None and self.world_size > 1:
+            perm, starts = balance_steps(self.natoms[order], self.cost[order], starts, self.max_atoms,
+                                         self.world_size)
+            order = order[perm]
         oversized = self.natoms > self.max_atoms
         if oversized.any() and not self._warned:
             self._warned = True

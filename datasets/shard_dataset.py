@@ -67,6 +67,12 @@ class ShardDataset:
         return self._column("natoms")
 
     @property
+    def volume(self) -> np.ndarray | None:
+        """Cell volume per record (Å³, NaN where not fully periodic), or None for a dataset
+        written before ``index.npz`` had it."""
+        return self._column("volume") if "volume" in self._index else None
+
+    @property
     def trajectory_codes(self) -> np.ndarray:
         return self._column("trajectory_code")
 
@@ -143,6 +149,9 @@ def open_dataset(directory: Path | str, split: str | None = None, verify_checksu
     index = read_index(directory)
     if index["natoms"].shape[0] != manifest.num_records:
         raise DatasetError(f"{directory}: index.npz has {index['natoms'].shape[0]} records, manifest {manifest.num_records}")
+    if "volume" in index and index["volume"].shape != index["natoms"].shape:
+        raise DatasetError(f"{directory}: index.npz has {index['volume'].shape[0]} volumes for "
+                           f"{index['natoms'].shape[0]} records")
     dataset = ShardDataset(directory, manifest, index)
     if split is not None:
         indices = load_split(directory, split)

@@ -42,6 +42,7 @@ class DataConfig:
     val_split: str | None = None
     max_atoms: int = 1024          # atoms per batch on each worker
     loader_workers: int = 1        # DataLoader processes per training worker (0: in-process)
+    balance_ranks: bool = True     # equal estimated work (atoms + edges) per rank in each step
     properties: list[str] = field(default_factory=list)   # named properties for "combined"
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 

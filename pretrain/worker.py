@@ -2,7 +2,8 @@
 
 One step on every rank::
 
-    batch  ← this rank's next pre-built atom-budget batch (no collective; the sampler deals batches)
+    batch  ← this rank's next pre-built atom-budget batch (no collective; the sampler deals batches,
+             each step's work balanced across ranks by an estimated cost per structure)
     counts ← start all_reduce(objective.counts(batch))     (label counts, known from the batch alone)
     out    ← DDP(model)(batch, forces=…, stress=…, create_graph=…)        (autograd EFS)
     terms  ← objective.terms(out, batch)                                  (sum, count) per term
@@ -204,9 +205,14 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
 
     transform = objective.record_transform()
+    cost = None
+    if cfg.data.balance_ranks and world > 1:
+        from matforge.datasets.step_balance import structure_costs
+
+        cost = structure_costs(train_records.natoms, train_records.volume, backbone.cutoff)
     loader, sampler = make_loader(
         train_records, graph_config, cfg.data.max_atoms, shuffle=True, seed=cfg.train.seed, world_size=world,
-        rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index,
+        rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index, cost=cost,
         **({"transform": transform} if transform is not None else {}),
     )
     if len(sampler) == 0:

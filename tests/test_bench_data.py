@@ -9,7 +9,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 
 from matforge.cli.main import main
 from matforge.datasets.convert import convert

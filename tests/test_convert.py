@@ -115,6 +115,23 @@ def test_statistics_equal_numpy_on_written_records(synth_dir):
     assert stats["num_trajectories"] == len({r.trajectory for r in records})
 
 
+def test_index_holds_cell_volumes_and_older_indexes_without_them_still_open(tmp_path):
+    import dataclasses
+
+    records = list(synth_records(5, seed=2, max_atoms=8))
+    molecule = dataclasses.replace(records[0], id="molecule", pbc=np.zeros(3, dtype=bool))
+    convert([], tmp_path / "out", records=records + [molecule])
+    ds = open_dataset(tmp_path / "out")
+    assert ds.volume[:5].tolist() == pytest.approx([abs(np.linalg.det(r.cell)) for r in records], rel=1e-12)
+    assert math.isnan(ds.volume[5])                       # not periodic: no volume
+    assert ds.subset([4, 1]).volume.tolist() == pytest.approx([ds.volume[4], ds.volume[1]])
+    index_path = tmp_path / "out" / INDEX_NAME
+    with np.load(index_path) as z:
+        older = {k: z[k] for k in z.files if k != "volume"}
+    np.savez(index_path, **older)
+    assert open_dataset(tmp_path / "out").volume is None
+
+
 def test_property_statistics(sources, tmp_path):
     a, b, _ = sources
     convert([a, b], tmp_path / "out")

@@ -1,0 +1,101 @@
+"""Equal work per rank in each data-parallel step: a cost per structure and a re-partition of a step.
+
+In synchronous data-parallel training every rank waits, at the gradient all-reduce, for the slowest
+rank of the step. Atom-budget batches hold about as many atoms each, but a message-passing step
+costs in proportion to the number of *edges* (neighbour pairs within the cutoff), and the number of
+neighbours per atom follows the density, which differs between materials by a factor of 2 or more.
+
+Cost of a structure of n atoms in a periodic cell of volume V (Å³), cutoff r_c (Å)::
+
+    neighbours per atom  k ≈ (n / V) · (4/3) π r_c³      (number density × cutoff sphere)
+    cost                 c = n · (1 + k)                  (atoms + directed edges)
+
+For a structure that is not periodic in all three directions (volume unknown, NaN) k is bounded
+by n − 1 (every other atom), which is what is used.
+
+Re-partition of a step (``world_size`` = W consecutive batches of the packed epoch): its structures
+are pooled and dealt again, largest cost first, each to the batch with the least cost so far among
+those it fits in under the atom budget (longest-processing-time-first list scheduling: its maximum
+is within 4/3 of the optimum, and far closer when, as here, structures are small against a batch).
+A step is left as packed when a structure does not fit anywhere, when a batch would be empty, or
+when the new partition is not cheaper at its most expensive batch. The pool of structures of each
+step, the order of steps and thus what an epoch sees are unchanged; only which rank trains which
+structure of a step changes, deterministically (every rank computes the same).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def structure_costs(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float) -> np.ndarray:
+    """Estimated cost (atoms + edges) of each structure, float64 (R,); see the module docstring.
+
+    natoms: (R,) atoms; volume: (R,) Å³ of each cell, NaN (or <= 0) where not fully periodic, or
+    None when unknown for all (then the cost is the atom count); cutoff: Å.
+    """
+    n = np.asarray(natoms, dtype=np.float64)
+    if volume is None:
+        return n.copy()
+    v = np.asarray(volume, dtype=np.float64)
+    if v.shape != n.shape:
+        raise ValueError(f"volume has shape {v.shape}, natoms {n.shape}")
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    periodic = np.isfinite(v) & (v > 0)
+    sphere = 4.0 / 3.0 * math.pi * cutoff ** 3
+    neighbours = np.where(periodic, n / np.where(periodic, v, 1.0) * sphere, np.maximum(n - 1.0, 0.0))
+    return n * (1.0 + neighbours)
+
+
+def balance_steps(sizes: np.ndarray, costs: np.ndarray, starts: np.ndarray, max_atoms: int,
+                  world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-partition each full step of ``world_size`` consecutive batches (module docstring).
+
+    sizes, costs: (P,) atoms and cost of the structures in packed order; starts: (G+1,) batch
+    boundaries in that order (batch k is positions ``starts[k]:starts[k+1]``). Returns ``(perm,
+    new_starts)``: the structure at position i of the balanced order is the one at ``perm[i]`` of
+    the packed order; batch k is ``new_starts[k]:new_starts[k+1]`` of it. A trailing partial step is
+    left alone.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    costs = np.asarray(costs, dtype=np.float64)
+    starts = np.asarray(starts, dtype=np.int64)
+    perm = np.arange(sizes.shape[0], dtype=np.int64)
+    new_starts = starts.copy()
+    w = int(world_size)
+    if w < 2:
+        return perm, new_starts
+    num_batches = starts.shape[0] - 1
+    for first in range(0, num_batches - num_batches % w, w):
+        lo, hi = int(starts[first]), int(starts[first + w])
+        members = _deal(sizes[lo:hi], costs[lo:hi], max_atoms, w)
+        if members is None:
+            continue
+        before = max(float(costs[starts[first + j]:starts[first + j + 1]].sum()) for j in range(w))
+        after = max(float(costs[lo:hi][m].sum()) for m in members)
+        if after >= before:
+            continue
+        perm[lo:hi] = lo + np.concatenate(members)
+        new_starts[first + 1:first + w] = lo + np.cumsum([len(m) for m in members])[:-1]
+    return perm, new_starts
+
+
+def _deal(sizes: np.ndarray, costs: np.ndarray, max_atoms: int, w: int) -> list[np.ndarray] | None:
+    """LPT deal of one step's structures into ``w`` batches under ``max_atoms``; None if it fails."""
+    load = np.zeros(w)
+    atoms = np.zeros(w, dtype=np.int64)
+    members: list[list[int]] = [[] for _ in range(w)]
+    for p in np.argsort(-costs, kind="stable").tolist():
+        open_load = np.where(atoms + sizes[p] <= max_atoms, load, np.inf)
+        j = int(np.argmin(open_load))
+        if not np.isfinite(open_load[j]):
+            return None
+        members[j].append(p)
+        load[j] += costs[p]
+        atoms[j] += sizes[p]
+    if any(not m for m in members):
+        return None
+    return [np.sort(np.asarray(m, dtype=np.int64)) for m in members]
