@@ -12,8 +12,8 @@ One step on every rank::
 
 The counts' all-reduce runs while the forward pass does, so a step has one point where the ranks
 wait for each other (DDP's gradient all-reduce at the end of the backward) instead of two: every
-such point costs the difference between the ranks' times up to it, and on a shared 2-core machine
-a blocking wait on a collective with the forward's jitter measured ~3–5 ms of a ~75 ms step.
+such point costs the difference between the ranks' times up to it: on a shared 2-core machine the
+blocking count all-reduce after the forward measured 3–7 ms of a ~70 ms step on each rank.
 
 Around it: normalisation fitted once on rank 0 and broadcast (skipped on resume: it lives in the
 model's buffers), validation every ``eval_every`` steps on the unwrapped model (each rank its share
