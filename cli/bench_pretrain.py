@@ -37,7 +37,9 @@ For each W the best setting (T, L) is kept, and ``speedup_over_1[W]`` = throughp
 throughput(1), each worker count with its best setting; the speed-up at equal settings (same T and
 L: data-parallel scaling proper) is reported beside it, and issue 4's target (>= 1.7x with 2
 workers, "with the thread settings that make it true") is judged on the best equal setting. The
-machine is usually shared: the report records the load average before and after each run.
+machine is usually shared: the report records the load average before and after each run, and the
+equal-setting speed-up within each repeat (runs next to each other in time), whose spread shows
+how much the machine itself varies.
 """
 
 from __future__ import annotations
@@ -295,6 +297,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     report["speedup_2_over_1_same_settings"] = {
         f"threads={t},loader_workers={l}": per_setting[(2, t, l)]["atoms_per_s"] / r["atoms_per_s"]
         for (w, t, l), r in per_setting.items() if w == 1 and (2, t, l) in per_setting}
+    # the same comparison within each repeat: adjacent runs, so the spread shows the machine's noise
+    by_run = {(*_setting(r), r["repeat"]): r["atoms_per_s"] for r in runs}
+    report["speedup_2_over_1_per_repeat"] = {
+        f"threads={t},loader_workers={l}": [by_run[(2, t, l, k)] / by_run[(1, t, l, k)] for k in range(args.repeats)]
+        for (w, t, l) in per_setting if w == 1 and (2, t, l) in per_setting}
     return report
 
 
@@ -320,8 +327,13 @@ def format_table(report: dict[str, Any]) -> str:
         for w, s in report["speedup_over_1"].items():
             if w != "1":
                 lines.append(f"speed-up {w} workers over 1, each with its best setting: {s:.2f}x")
+        per_repeat = report.get("speedup_2_over_1_per_repeat", {})
         for setting, s in report["speedup_2_over_1_same_settings"].items():
             lines.append(f"speed-up 2 workers over 1 at the same {setting}: {s:.2f}x")
+            if len(per_repeat.get(setting, [])) > 1:
+                ratios = per_repeat[setting]
+                lines.append(f"  within each repeat: {', '.join(f'{x:.2f}' for x in ratios)} "
+                             f"(median {_median(ratios):.2f}x)")
         same = report["speedup_2_over_1_same_settings"]
         if same:
             setting, value = max(same.items(), key=lambda item: item[1])

@@ -41,8 +41,10 @@ def test_table_judges_the_target_at_the_best_equal_setting():
                                 "2": {"threads_per_worker": 1, "loader_workers": 0, "repeat": 0}},
               "speedup_over_1": {"1": 1.0, "2": 1.4},
               "speedup_2_over_1_same_settings": {"threads=1,loader_workers=0": 1.75, "threads=1,loader_workers=1": 1.5}}
+    report["speedup_2_over_1_per_repeat"] = {"threads=1,loader_workers=0": [1.75, 1.5, 1.6]}
     table = format_table(report)
     assert "speed-up 2 workers over 1, each with its best setting: 1.40x" in table
+    assert "  within each repeat: 1.75, 1.50, 1.60 (median 1.60x)" in table
     assert "1.75x at threads=1,loader_workers=0 -> met" in table
     report["speedup_2_over_1_same_settings"] = {"threads=1,loader_workers=0": 1.69}
     assert "1.69x at threads=1,loader_workers=0 -> NOT met" in format_table(report)
@@ -137,5 +139,6 @@ def test_one_and_two_ray_workers(synth_dir: Path, capsys):
     speedup = report["speedup_2_over_1"]
     assert speedup == pytest.approx(report["throughput_atoms_per_s"]["2"] / report["throughput_atoms_per_s"]["1"])
     assert report["speedup_2_over_1_same_settings"] == {"threads=1,loader_workers=0": speedup}
+    assert report["speedup_2_over_1_per_repeat"] == {"threads=1,loader_workers=0": [speedup]}
     assert all(report["launch_to_first_step_s"][w] > 0 for w in ("1", "2"))
     assert report["data_origin"] == "given"
