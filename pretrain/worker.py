@@ -17,7 +17,9 @@ blocking count all-reduce after the forward measured 3–7 ms of a ~70 ms step o
 
 Around it: normalisation fitted once on rank 0 and broadcast (skipped on resume: it lives in the
 model's buffers), validation every ``eval_every`` steps on the unwrapped model (each rank its share
-of the val batches, sums and counts all-reduced), TensorBoard + progress on rank 0, and a checkpoint
+of the val batches, sums and counts all-reduced), TensorBoard + progress on rank 0 every ``log_every``
+steps (the window's loss sums stay on the device until then and go out with the throughput counters
+in one all-reduce: no step waits for the device to report a number), and a checkpoint
 every ``checkpoint_every`` steps through ``ray.train.report`` (rank 0 writes it; all ranks report,
 since report is a barrier).
 """
@@ -39,7 +41,7 @@ import torch
 from matforge.pretrain.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from matforge.pretrain.config import PretrainConfig, from_dict
 from matforge.pretrain.distributed import all_reduce_sum, broadcast_json, start_all_reduce_sum
-from matforge.pretrain.monitor import Monitor, ThroughputMeter, peak_memory_mb
+from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
 from matforge.pretrain.schedule import LRSchedule
 
 FAULT_ENV = "MATFORGE_FAULT_INJECT"
@@ -237,9 +239,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         monitor.hparams(payload["config"], state.fitted)
     batch_log = BatchLog(run_dir / "batches" / f"rank{rank}.jsonl" if os.environ.get(BATCH_LOG_ENV) else None)
     meter = ThroughputMeter(device)
+    window = LossWindow(device)
     weights = objective.weights()
-    window_sums: dict[str, float] = {}
-    window_counts: dict[str, float] = {}
     grad_norm = torch.tensor(0.0)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     metrics: dict[str, float] = dict(state.metrics)
@@ -271,15 +272,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             state.step = step
             state.batch_index += 1
             meter.add(int(batch.num_nodes), int(batch.num_graphs), wait, time.perf_counter() - t1)
-            for n in names:
-                window_sums[n] = window_sums.get(n, 0.0) + float(terms[n].sum.detach())
-                window_counts[n] = window_counts.get(n, 0.0) + float(terms[n].count)
+            window.add(terms)
 
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                logged = _reduce_window(window_sums, window_counts, weights, device)
-                window_sums.clear()
-                window_counts.clear()
-                logged.update(meter.reduce(world))
+                logged = reduce_window(window, meter, weights, world)
                 logged.update({"lr": lr, "grad_norm": float(grad_norm), "memory/peak_mb": peak_memory_mb(device),
                                "epoch": state.epoch})
                 if not first_step_logged:
@@ -337,23 +333,6 @@ def _timed(loader: Any):
         except StopIteration:
             return
         yield batch, time.perf_counter() - t0
-
-
-def _reduce_window(sums: dict[str, float], counts: dict[str, float], weights: dict[str, float],
-                   device: torch.device) -> dict[str, float]:
-    """Global mean of each loss term over the logging window, and their weighted total."""
-    names = sorted(sums)
-    vec = torch.tensor([sums[n] for n in names] + [counts[n] for n in names], dtype=torch.float64, device=device)
-    total = all_reduce_sum(vec).cpu().tolist()
-    k = len(names)
-    out: dict[str, float] = {}
-    loss = 0.0
-    for i, n in enumerate(names):
-        mean = total[i] / total[k + i] if total[k + i] > 0 else 0.0
-        out[f"loss/{n}"] = mean
-        loss += weights.get(n, 1.0) * mean
-    out["loss"] = loss
-    return out
 
 
 def _latest_local_checkpoint(run_dir: Path) -> Path | None:
