@@ -33,6 +33,12 @@ Read back from the run's TensorBoard events (rank 0 writes them; every window is
 * ``first_progress_line_s``: from starting the process to its first progress line arriving here
   (the first window's end as a user sees it, through Ray's log streaming).
 
+The machine's own ceiling (``--ceiling``, default on; :mod:`matforge.cli.bench_ceiling`): after each
+repeat's runs, for each W >= 2 and each T that 1 and W workers share, the training step of the same
+config and data in one process alone and in W processes at once, without any communication. The
+report gives this ceiling and the efficiency (speed-up / ceiling) within each repeat: what is lost
+to the machine and what to DDP, gloo and Ray.
+
 For each W the best setting (T, L) is kept, and ``speedup_over_1[W]`` = throughput(W) /
 throughput(1), each worker count with its best setting; the speed-up at equal settings (same T and
 L: data-parallel scaling proper) is reported beside it, and issue 4's target (>= 1.7x with 2
@@ -83,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="windows ending before this step count as start-up (default 10; the first window always does)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable)")
+    p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the machine's own ceiling: W independent processes running the same training "
+                        "step without communication, over one (default on)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run (default 900)")
     p.add_argument("--keep", default=None, help="keep the runs (and generated data) in this directory")
     p.set_defaults(func=run)
@@ -270,7 +279,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             cfg = load_config(args.config, run_overrides(args, data, storage, "bench-check", max(counts), 1, 0))
         except ConfigError as exc:
             raise SystemExit(f"matforge: error: {exc}") from None
-        runs = [run_once(args, data, storage, w, t, l, rep) for rep in range(args.repeats) for w, t, l in plan]
+        runs: list[dict[str, Any]] = []
+        ceilings: list[dict[str, Any]] = []
+        for rep in range(args.repeats):
+            runs += [run_once(args, data, storage, w, t, l, rep) for w, t, l in plan]
+            if args.ceiling:
+                ceilings += ceiling_runs(args, data, counts, cores, rep)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -302,7 +316,46 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     report["speedup_2_over_1_per_repeat"] = {
         f"threads={t},loader_workers={l}": [by_run[(2, t, l, k)] / by_run[(1, t, l, k)] for k in range(args.repeats)]
         for (w, t, l) in per_setting if w == 1 and (2, t, l) in per_setting}
+    report["ceiling"] = ceilings
+    report["ceiling_per_repeat"], report["efficiency_per_repeat"] = ceiling_summary(runs, ceilings, args.repeats)
     return report
+
+
+def ceiling_runs(args: argparse.Namespace, data: str, counts: list[int], cores: int, repeat: int) -> list[dict[str, Any]]:
+    """The no-communication ceiling of each W >= 2 (with 1 in the list) at each thread count they share."""
+    from matforge.cli.bench_ceiling import measure_ceiling
+    from matforge.pretrain.config import load_config
+    from matforge.pretrain.launcher import worker_env
+
+    if 1 not in counts:
+        return []
+    out = []
+    for w in sorted(c for c in set(counts) if c >= 2):
+        for t in sorted(set(thread_options(1, args.threads, cores)) & set(thread_options(w, args.threads, cores))):
+            overrides = [*([f"data.max_atoms={args.max_atoms}"] if args.max_atoms is not None else []),
+                         *args.overrides, f"scaling.threads_per_worker={t}"]
+            env = worker_env(load_config(args.config, [f"data.train={data}", "data.train_split=null", "data.val=null",
+                                                       "data.val_split=null", "data.synth.structures=0", *overrides]))
+            figures = measure_ceiling(data, args.config, overrides, args.steps, w, env, args.timeout)
+            out.append({"workers": w, "threads_per_worker": t, "repeat": repeat, **figures})
+    return out
+
+
+def ceiling_summary(runs: list[dict[str, Any]], ceilings: list[dict[str, Any]],
+                    repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per repeat: ``{"workers=W,threads=T": [ceiling, ...]}`` and, for each loader setting L,
+    ``{"workers=W,threads=T,loader_workers=L": [speed-up / ceiling, ...]}`` (runs of the same repeat)."""
+    by_run = {(*_setting(r), r["repeat"]): r["atoms_per_s"] for r in runs}
+    ceiling: dict[str, list[float]] = {}
+    efficiency: dict[str, list[float]] = {}
+    for c in sorted(ceilings, key=lambda c: (c["workers"], c["threads_per_worker"], c["repeat"])):
+        w, t, k = c["workers"], c["threads_per_worker"], c["repeat"]
+        ceiling.setdefault(f"workers={w},threads={t}", []).append(c["ceiling"])
+        for (w2, t2, l, k2), value in sorted(by_run.items()):
+            if (w2, t2, k2) == (w, t, k) and (1, t, l, k) in by_run:
+                efficiency.setdefault(f"workers={w},threads={t},loader_workers={l}", []).append(
+                    value / by_run[(1, t, l, k)] / c["ceiling"])
+    return ceiling, efficiency
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -340,6 +393,12 @@ def format_table(report: dict[str, Any]) -> str:
             met = "met" if value >= TARGET_SPEEDUP_2 else "NOT met"
             lines.append(f"issue 4 target: >= {TARGET_SPEEDUP_2}x with 2 workers, with the thread settings that make it "
                          f"true: {value:.2f}x at {setting} -> {met}")
+    for key, values in report.get("ceiling_per_repeat", {}).items():
+        lines.append(f"machine ceiling at {key} (independent processes, no communication, over one alone), each repeat: "
+                     f"{', '.join(f'{x:.2f}' for x in values)} (median {_median(values):.2f}x)")
+    for key, values in report.get("efficiency_per_repeat", {}).items():
+        lines.append(f"  Ray DDP speed-up / ceiling at {key}, each repeat: {', '.join(f'{x:.2f}' for x in values)} "
+                     f"(median {_median(values):.2f})")
     return "\n".join(lines)
 
 

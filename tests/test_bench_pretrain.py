@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from matforge.cli.bench_pretrain import (Scalar, best_runs, format_table, loader_options, read_scalars, summarise,
-                                        thread_options)
+from matforge.cli.bench_pretrain import (Scalar, best_runs, ceiling_summary, format_table, loader_options, read_scalars,
+                                        summarise, thread_options)
 from matforge.cli.main import main
 
 TINY_MODEL = "model.hyperparameters={hidden: 8, num_interactions: 1, cutoff: 4.0}"
@@ -51,6 +51,29 @@ def test_table_judges_the_target_at_the_best_equal_setting():
     # the rows kept for each worker count are starred
     starred = [line.split()[:3] for line in table.splitlines() if line.endswith(" *")]
     assert starred == [["1", "2", "0"], ["2", "1", "0"]]
+
+
+def test_ceiling_and_efficiency_within_each_repeat():
+    def run(w, l, rate, rep):
+        return {**_run(w, 1, l, rate), "repeat": rep}
+
+    runs = [run(1, 0, 100.0, 0), run(2, 0, 180.0, 0), run(1, 1, 90.0, 0), run(2, 1, 150.0, 0),
+            run(1, 0, 120.0, 1), run(2, 0, 180.0, 1), run(1, 1, 100.0, 1), run(2, 1, 160.0, 1)]
+    ceilings = [{"workers": 2, "threads_per_worker": 1, "repeat": 1, "ceiling": 1.5},
+                {"workers": 2, "threads_per_worker": 1, "repeat": 0, "ceiling": 2.0}]
+    ceiling, efficiency = ceiling_summary(runs, ceilings, repeats=2)
+    assert ceiling == {"workers=2,threads=1": [2.0, 1.5]}            # in repeat order
+    assert efficiency["workers=2,threads=1,loader_workers=0"] == pytest.approx([0.9, 1.0])
+    assert efficiency["workers=2,threads=1,loader_workers=1"] == pytest.approx([150 / 90 / 2.0, 1.6 / 1.5])
+    report = {"config": "quickstart", "model": "painn", "model_hyperparameters": {}, "objective": "efs",
+              "data_origin": "given", "max_atoms_per_worker": 256, "steps": 100, "log_every": 10, "skip_steps": 10,
+              "repeats": 2, "cpu_count": 2, "runs": runs, "best_settings": {}, "speedup_over_1": {},
+              "ceiling_per_repeat": ceiling, "efficiency_per_repeat": efficiency}
+    table = format_table(report)
+    assert "machine ceiling at workers=2,threads=1 (independent processes, no communication, over one alone), " \
+           "each repeat: 2.00, 1.50 (median 1.75x)" in table
+    assert "Ray DDP speed-up / ceiling at workers=2,threads=1,loader_workers=0, each repeat: 0.90, 1.00 (median 0.95)" in table
+    assert ceiling_summary(runs, [], repeats=2) == ({}, {})
 
 
 def test_summary_skips_start_up_windows():
@@ -113,6 +136,7 @@ def test_local_mode_run_reports_the_json_keys(tmp_path, capsys):
     # the loop starts before the first window ends; both after the process started
     assert 0 < report["launch_to_first_step_s"]["0"] < run["first_progress_line_s"]
     assert report["speedup_over_1"] == {} and report["speedup_2_over_1"] is None
+    assert report["ceiling"] == [] and report["ceiling_per_repeat"] == {}   # no 1-and-2 pair to compare
     # the run is the real one: its TensorBoard events are there, with the logged steps
     events = read_scalars(keep / "runs" / "bench-w0-t1-l0-r0" / "tensorboard")
     assert [e.step for e in events["throughput/atoms_per_s"]] == [2, 4, 6]
@@ -142,3 +166,11 @@ def test_one_and_two_ray_workers(synth_dir: Path, capsys):
     assert report["speedup_2_over_1_per_repeat"] == {"threads=1,loader_workers=0": [speedup]}
     assert all(report["launch_to_first_step_s"][w] > 0 for w in ("1", "2"))
     assert report["data_origin"] == "given"
+    # the machine's own ceiling beside it: 1 process alone (before and after), 2 at once, same step
+    (ceiling,) = report["ceiling"]
+    assert (ceiling["workers"], ceiling["threads_per_worker"], ceiling["processes"]) == (2, 1, 2)
+    assert len(ceiling["alone_atoms_per_s"]) == 2 and len(ceiling["together_atoms_per_s"]) == 2
+    assert ceiling["ceiling"] == pytest.approx(sum(ceiling["together_atoms_per_s"]) / (sum(ceiling["alone_atoms_per_s"]) / 2))
+    assert report["ceiling_per_repeat"] == {"workers=2,threads=1": [ceiling["ceiling"]]}
+    assert report["efficiency_per_repeat"]["workers=2,threads=1,loader_workers=0"] == [
+        pytest.approx(speedup / ceiling["ceiling"])]

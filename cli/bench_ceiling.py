@@ -1,0 +1,131 @@
+"""The machine's own data-parallel ceiling: P independent processes running the pre-training step.
+
+Data-parallel training with P workers can at best do what P processes running the same training
+step *without any communication* do: on a small shared machine the caches, the memory bandwidth and
+the hypervisor's CPU time limit two processes long before DDP, gloo or Ray add anything. ``matforge
+bench pretrain`` runs this beside the Ray runs (same data, config and overrides, each process with
+the thread and allocator settings of a Ray worker) so that its report separates the two:
+
+    ceiling(P)    = Σ_p atoms/s of process p (P at once)  /  atoms/s of one process alone
+                    (the mean of a lone run before and one after the P processes)
+    efficiency(P) = speed-up of P Ray workers over 1  /  ceiling(P)
+
+Each process builds the model, objective and optimizer as ``matforge pretrain`` does, pre-builds a
+few atom-budget batches of the training data (so graph building is not measured), runs a warm-up,
+then ``steps`` timed training steps (forward with the objective's derivatives, loss, backward,
+clipping, AdamW) and prints one JSON line ``{"atoms_per_s", "step_ms"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+CHILD_FLAG = "--ceiling-child"
+BATCHES = 8       # distinct pre-built batches each process cycles through
+WARMUP_STEPS = 3
+
+
+def child_step_rate(data: str, config: str, overrides: list[str], steps: int, seed: int) -> dict[str, float]:
+    """Train ``steps`` steps in this process; ``{"atoms_per_s", "step_ms"}`` (threads: as set by the caller)."""
+    import torch
+
+    from matforge.datasets.graphs import GraphConfig
+    from matforge.datasets.loader import GraphDataset
+    from matforge.datasets.sampler import AtomBudgetBatchSampler
+    from matforge.datasets.shard_dataset import open_dataset
+    from matforge.pretrain.config import load_config
+    from matforge.pretrain.worker import build_model, build_objective
+
+    cfg = load_config(config, [f"data.train={data}", "data.train_split=null", "data.val=null", "data.val_split=null",
+                               "data.synth.structures=0", *overrides])
+    torch.set_num_threads(max(1, cfg.scaling.threads_per_worker))
+    records = open_dataset(cfg.data.train)
+    objective = build_objective(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, objective, records.manifest.elements)
+    graphs = GraphDataset(records, GraphConfig(cutoff=model.cutoff, max_neighbors=model.max_neighbors,
+                                               properties=tuple(objective.properties), dtype=cfg.train.dtype),
+                          transform=objective.record_transform())
+    groups = list(AtomBudgetBatchSampler(graphs.natoms, cfg.data.max_atoms, shuffle=True, seed=seed))[:BATCHES]
+    if not groups:
+        raise ValueError(f"{data}: no training batch fits data.max_atoms = {cfg.data.max_atoms}")
+    batches = [graphs.collate(g) for g in groups]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    options = objective.forward_options(training=True)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+
+    def step(batch: Any) -> None:
+        loss = objective.loss(model(batch, **options), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+
+    for batch in batches[:WARMUP_STEPS]:
+        step(batch)
+    atoms = 0
+    start = time.perf_counter()
+    for k in range(steps):
+        batch = batches[k % len(batches)]
+        step(batch)
+        atoms += int(batch.num_nodes)
+    seconds = time.perf_counter() - start
+    return {"atoms_per_s": atoms / seconds, "step_ms": 1e3 * seconds / steps}
+
+
+def run_processes(data: str, config: str, overrides: list[str], steps: int, processes: int,
+                  env: dict[str, str], timeout: float) -> list[dict[str, float]]:
+    """Start ``processes`` children at once (seeds 0..P-1: different batches); their figures."""
+    def command(seed: int) -> list[str]:
+        return [sys.executable, "-m", "matforge.cli.bench_ceiling", CHILD_FLAG, json.dumps(
+            {"data": data, "config": config, "overrides": overrides, "steps": steps, "seed": seed})]
+
+    procs = [subprocess.Popen(command(k), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **env}) for k in range(processes)]
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise SystemExit(f"matforge: error: bench pretrain: a ceiling process exited with "
+                                 f"{proc.returncode}:\n{stderr.strip()[-2000:]}")
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"matforge: error: bench pretrain: a ceiling process took longer than {timeout:.0f} s") from None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def measure_ceiling(data: str, config: str, overrides: list[str], steps: int, processes: int,
+                    env: dict[str, str], timeout: float = 900.0) -> dict[str, Any]:
+    """One process alone, ``processes`` at once, one alone again: their atoms/s and the ratio of the
+    processes' sum to the mean of the two lone runs (module docstring; the lone run on either side
+    evens out a change of the machine's load during the measurement)."""
+    before = run_processes(data, config, overrides, steps, 1, env, timeout)[0]["atoms_per_s"]
+    together = [r["atoms_per_s"] for r in run_processes(data, config, overrides, steps, processes, env, timeout)]
+    after = run_processes(data, config, overrides, steps, 1, env, timeout)[0]["atoms_per_s"]
+    alone = 0.5 * (before + after)
+    return {"processes": processes, "alone_atoms_per_s": [before, after], "together_atoms_per_s": together,
+            "together_total_atoms_per_s": sum(together), "ceiling": sum(together) / alone}
+
+
+def _child_main(spec: str) -> None:
+    args = json.loads(spec)
+    print(json.dumps(child_step_rate(args["data"], args["config"], list(args["overrides"]), int(args["steps"]),
+                                     int(args["seed"]))), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        _child_main(sys.argv[2])
+    else:
+        raise SystemExit(f"usage: python -m matforge.cli.bench_ceiling {CHILD_FLAG} JSON (started by matforge bench pretrain)")
