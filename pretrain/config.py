@@ -42,6 +42,9 @@ class DataConfig:
     val_split: str | None = None
     max_atoms: int = 1024          # atoms per batch on each worker
     loader_workers: int = 1        # DataLoader processes per training worker (0: in-process)
+    # loader_workers=0: when a thread of the worker builds the next batch (matforge.datasets.prefetch):
+    # auto | step (as the step starts) | backward (while the backward runs) | none
+    prefetch_thread: str = "auto"
     balance_ranks: bool = True     # equal estimated work (atoms + edges) per rank in each step
     properties: list[str] = field(default_factory=list)   # named properties for "combined"
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
@@ -155,6 +158,10 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not one of cosine, plateau, constant")
     if cfg.train.dtype not in ("float32", "float64"):
         raise ConfigError(f"train.dtype: {cfg.train.dtype!r} is not float32 or float64")
+    from matforge.datasets.prefetch import PREFETCH_MODES
+
+    if cfg.data.prefetch_thread not in PREFETCH_MODES:
+        raise ConfigError(f"data.prefetch_thread: {cfg.data.prefetch_thread!r} is not one of {', '.join(PREFETCH_MODES)}")
     if cfg.objective == "combined" and not cfg.data.properties:
         raise ConfigError("objective 'combined' needs data.properties (the property names to learn)")
     if cfg.scaling.num_workers < 0:

@@ -217,6 +217,16 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index, cost=cost,
         **({"transform": transform} if transform is not None else {}),
     )
+    from matforge.datasets.prefetch import ThreadPrefetch, resolve_prefetch_mode
+
+    prefetch: ThreadPrefetch | None = None
+    prefetch_mode = resolve_prefetch_mode(cfg.data.prefetch_thread, cfg.data.loader_workers,
+                                          ctx.get_local_world_size() * max(1, cfg.scaling.threads_per_worker),
+                                          len(os.sched_getaffinity(0)), device.type)
+    if prefetch_mode != "none":
+        loader = prefetch = ThreadPrefetch(loader)
+    if rank == 0 and cfg.data.loader_workers == 0:
+        print(f"[matforge] batches built in-process; prefetch thread: {prefetch_mode}", flush=True)
     if len(sampler) == 0:
         raise ValueError(f"{cfg.data.train}: no training batches for rank {rank} of {world} "
                          f"(too few records for {world} workers?)")
@@ -255,6 +265,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             _maybe_inject_fault(rank, step, run_dir)
             lr = schedule.step_to(step)
             batch = batch.to(device)
+            if prefetch is not None and prefetch_mode == "step":
+                prefetch.release()    # the next batch is built through this step, filling its waits
             batch_log.write(step, state.epoch, state.batch_index, batch.idx)
             local_counts = objective.counts(batch)
             names = list(local_counts)
@@ -266,6 +278,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 raise RuntimeError(f"objective {objective.name!r}: counts() names {names} but terms() {list(terms)}")
             loss = combine(terms, weights, dict(zip(names, pending_counts.result())), world)
             optimizer.zero_grad(set_to_none=True)
+            if prefetch is not None and prefetch_mode == "backward":
+                prefetch.release()    # the next batch is built while the backward runs without the GIL
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
