@@ -22,6 +22,14 @@ Processes: the datasets hold paths, the manifest and small arrays, never an open
 they pickle into DataLoader workers (fork or spawn) and Ray workers; each process opens its own
 read-only environments on first use (:mod:`matforge.datasets.shards`, whose at-fork hook drops
 handles inherited from a parent that had already read records).
+
+Graph cache (``cache_mb``): without a record transform a structure's graph is the same every epoch,
+so each process may keep the :class:`~matforge.datasets.graphs.GraphParts` it built (read-only
+numpy arrays) and skip reading, decoding and the neighbour search the next time; only collation is
+left (on quick-start data 7.1 ms of 7.9 ms per 256-atom batch is reading and building). Entries
+are kept until ``cache_mb`` is used, never evicted (random access gives any eviction policy a poor
+hit rate), and the cache is not carried into DataLoader worker processes (each fills its own).
+With a transform (denoising moves the atoms every epoch) nothing is cached.
 """
 
 from __future__ import annotations
@@ -54,12 +62,22 @@ class GraphDataset(Dataset):
     """
 
     def __init__(self, records: ShardDataset, config: GraphConfig | None = None,
-                 transform: RecordTransform | None = None) -> None:
+                 transform: RecordTransform | None = None, cache_mb: float = 0.0) -> None:
+        if not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.records = records
         self.config = config if config is not None else GraphConfig()
         self.builder = GraphBuilder(self.config)
         self.transform = transform
         self.epoch = 0
+        self.cache_bytes = int(cache_mb * 2**20) if transform is None else 0
+        self._cache: dict[int, GraphParts] = {}
+        self.cached_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"], state["cached_bytes"] = {}, 0   # each process fills its own
+        return state
 
     def __len__(self) -> int:
         return len(self.records)
@@ -73,16 +91,36 @@ class GraphDataset(Dataset):
         self.epoch = int(epoch)
 
     def parts(self, i: int, epoch: int | None = None) -> GraphParts:
-        """The graph of record ``i`` as :class:`GraphParts` (transformed for ``epoch``)."""
+        """The graph of record ``i`` as :class:`GraphParts` (transformed for ``epoch``; from the
+        cache when it holds it)."""
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
         record = self.records[i]
         extras = None
         if self.transform is not None:
             out = self.transform(record, i, self.epoch if epoch is None else epoch)
             record, extras = out if isinstance(out, tuple) else (out, None)
-        return self.builder.parts(record, i, extras)
+        parts = self.builder.parts(record, i, extras)
+        if self.cache_bytes:
+            self._remember(i, parts)
+        return parts
+
+    def _remember(self, i: int, parts: GraphParts) -> None:
+        arrays = [a for a in parts if isinstance(a, np.ndarray)]
+        size = sum(a.nbytes for a in arrays) + 512   # + the tuple and its scalars, roughly
+        if self.cached_bytes + size > self.cache_bytes:
+            return
+        for a in arrays:
+            a.flags.writeable = False   # shared by every later batch: nothing may change it
+        self._cache[i] = parts
+        self.cached_bytes += size
 
     def __getitem__(self, i: int) -> Data:
-        return to_data(self.parts(int(i)), self.config.torch_dtype)
+        parts = self.parts(int(i))
+        if int(i) in self._cache:  # the Data's tensors would share the cached arrays: copy them
+            parts = parts._replace(**{k: v.copy() for k, v in parts._asdict().items() if isinstance(v, np.ndarray)})
+        return to_data(parts, self.config.torch_dtype)
 
     def collate(self, indices: Sequence[int], epoch: int | None = None) -> Batch:
         """Read, build and collate the structures at ``indices`` into one ``Batch``."""
@@ -155,6 +193,7 @@ def make_loader(
     multiprocessing_context: Any = None,
     transform: RecordTransform | None = None,
     cost: np.ndarray | None = None,
+    cache_mb: float = 0.0,
 ) -> tuple[DataLoader, AtomBudgetBatchSampler]:
     """A DataLoader of PyG ``Batch`` es under an atom budget, and its sampler.
 
@@ -166,7 +205,8 @@ def make_loader(
     ``"spawn"`` or ``"fork"`` (default: the platform's). ``transform``: a record transform (see
     :class:`GraphDataset`), called with each record's index in ``dataset`` and the batch's epoch.
     ``cost``: estimated cost per record (:func:`~matforge.datasets.step_balance.structure_costs`):
-    with ``world_size > 1`` each step's batches are balanced across ranks by it.
+    with ``world_size > 1`` each step's batches are balanced across ranks by it. ``cache_mb``: graph
+    cache per process (module docstring; for records, not for a given ``GraphDataset``).
     """
     if isinstance(dataset, GraphDataset):
         if graph_config is not None and graph_config != dataset.config:
@@ -175,7 +215,7 @@ def make_loader(
             raise ValueError("pass the transform to the GraphDataset or to make_loader, not both")
         graphs = dataset
     else:
-        graphs = GraphDataset(dataset, graph_config, transform)
+        graphs = GraphDataset(dataset, graph_config, transform, cache_mb=cache_mb)
     sampler = AtomBudgetBatchSampler(
         graphs.natoms, max_atoms, shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
         drop_last=drop_last, epoch=epoch, start_batch=start_batch, cost=cost,

@@ -45,6 +45,7 @@ class DataConfig:
     # loader_workers=0: when a thread of the worker builds the next batch (matforge.datasets.prefetch):
     # auto | step (as the step starts) | backward (while the backward runs) | none
     prefetch_thread: str = "auto"
+    graph_cache_mb: float = 512.0  # built graphs kept per process (not with denoising); 0: none
     balance_ranks: bool = True     # equal estimated work (atoms + edges) per rank in each step
     properties: list[str] = field(default_factory=list)   # named properties for "combined"
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
@@ -159,6 +160,9 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.train.dtype not in ("float32", "float64"):
         raise ConfigError(f"train.dtype: {cfg.train.dtype!r} is not float32 or float64")
     from matforge.datasets.prefetch import PREFETCH_MODES
+
+    if not cfg.data.graph_cache_mb >= 0:
+        raise ConfigError(f"data.graph_cache_mb: must be >= 0, got {cfg.data.graph_cache_mb}")
 
     if cfg.data.prefetch_thread not in PREFETCH_MODES:
         raise ConfigError(f"data.prefetch_thread: {cfg.data.prefetch_thread!r} is not one of {', '.join(PREFETCH_MODES)}")

@@ -215,7 +215,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     loader, sampler = make_loader(
         train_records, graph_config, cfg.data.max_atoms, shuffle=True, seed=cfg.train.seed, world_size=world,
         rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index, cost=cost,
-        **({"transform": transform} if transform is not None else {}),
+        cache_mb=cfg.data.graph_cache_mb, **({"transform": transform} if transform is not None else {}),
     )
     from matforge.datasets.prefetch import ThreadPrefetch, resolve_prefetch_mode
 

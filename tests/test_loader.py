@@ -217,3 +217,36 @@ def test_record_transform_gets_each_batch_index_and_epoch(synth_dir, num_workers
             assert not batch.has_energy.any()  # labels of the un-noised geometry are dropped
             _assert_same_batch(batch, Batch.from_data_list([graphs[i] for i in batch.idx.tolist()]))
     del loader
+
+
+def test_graph_cache_gives_the_same_batches_and_respects_its_budget(synth_dir):
+    """Cached graphs: identical batches epoch after epoch, read-only cached arrays, items that do
+    not alias the cache, a byte budget, nothing carried into a pickled copy, nothing with a transform."""
+    import pickle
+
+    from matforge.datasets.noise import PositionNoise
+
+    records = open_dataset(synth_dir)
+    plain = GraphDataset(records, GraphConfig(cutoff=4.0))
+    cached = GraphDataset(records, GraphConfig(cutoff=4.0), cache_mb=64)
+    order = [5, 3, 5, 0, 3, 7]
+    for k in range(2):  # the second pass comes from the cache
+        a, b = plain.collate(order), cached.collate(order)
+        for key in ("pos", "edge_index", "shifts", "z", "forces", "energy", "stress", "cell"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+    assert sorted(cached._cache) == [0, 3, 5, 7] and 0 < cached.cached_bytes < 64 * 2**20
+    assert cached.parts(3) is cached.parts(3) and not cached.parts(3).edge_index.flags.writeable
+    item = cached[3]
+    item.edge_index.add_(1)                       # a user's in-place change stays in their copy
+    assert torch.equal(cached[3].edge_index, plain[3].edge_index)
+    assert pickle.loads(pickle.dumps(cached))._cache == {}
+    one = cached._cache[0]
+    size = sum(x.nbytes for x in one if isinstance(x, np.ndarray)) + 512
+    small = GraphDataset(records, GraphConfig(cutoff=4.0), cache_mb=(size + 10) / 2**20)
+    small.collate([0, 3, 5])
+    assert list(small._cache) == [0] and small.cached_bytes == size
+    noisy = GraphDataset(records, GraphConfig(cutoff=4.0), PositionNoise(0.05, seed=1), cache_mb=64)
+    noisy.collate([0, 1])
+    assert noisy.cache_bytes == 0 and noisy._cache == {}
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        GraphDataset(records, GraphConfig(cutoff=4.0), cache_mb=-1)
