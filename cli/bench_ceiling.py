@@ -118,6 +118,43 @@ def measure_ceiling(data: str, config: str, overrides: list[str], steps: int, pr
             "together_total_atoms_per_s": sum(together), "ceiling": sum(together) / alone}
 
 
+def ceiling_runs(args: Any, data: str, counts: list[int], cores: int, repeat: int) -> list[dict[str, Any]]:
+    """The no-communication ceiling of each W >= 2 (with 1 in the list) at each thread count they share."""
+    from matforge.cli.bench_pretrain import thread_options
+    from matforge.pretrain.config import load_config
+    from matforge.pretrain.launcher import worker_env
+
+    if 1 not in counts:
+        return []
+    out = []
+    for w in sorted(c for c in set(counts) if c >= 2):
+        for t in sorted(set(thread_options(1, args.threads, cores)) & set(thread_options(w, args.threads, cores))):
+            overrides = [*([f"data.max_atoms={args.max_atoms}"] if args.max_atoms is not None else []),
+                         *args.overrides, f"scaling.threads_per_worker={t}"]
+            env = worker_env(load_config(args.config, [f"data.train={data}", "data.train_split=null", "data.val=null",
+                                                       "data.val_split=null", "data.synth.structures=0", *overrides]))
+            figures = measure_ceiling(data, args.config, overrides, args.steps, w, env, args.timeout)
+            out.append({"workers": w, "threads_per_worker": t, "repeat": repeat, **figures})
+    return out
+
+
+def ceiling_summary(runs: list[dict[str, Any]],
+                    ceilings: list[dict[str, Any]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per repeat: ``{"workers=W,threads=T": [ceiling, ...]}`` and, for each loader setting L,
+    ``{"workers=W,threads=T,loader_workers=L": [speed-up / ceiling, ...]}`` (runs of the same repeat)."""
+    by_run = {(r["workers"], r["threads_per_worker"], r["loader_workers"], r["repeat"]): r["atoms_per_s"] for r in runs}
+    ceiling: dict[str, list[float]] = {}
+    efficiency: dict[str, list[float]] = {}
+    for c in sorted(ceilings, key=lambda c: (c["workers"], c["threads_per_worker"], c["repeat"])):
+        w, t, k = c["workers"], c["threads_per_worker"], c["repeat"]
+        ceiling.setdefault(f"workers={w},threads={t}", []).append(c["ceiling"])
+        for (w2, t2, l, k2), value in sorted(by_run.items()):
+            if (w2, t2, k2) == (w, t, k) and (1, t, l, k) in by_run:
+                efficiency.setdefault(f"workers={w},threads={t},loader_workers={l}", []).append(
+                    value / by_run[(1, t, l, k)] / c["ceiling"])
+    return ceiling, efficiency
+
+
 def _child_main(spec: str) -> None:
     args = json.loads(spec)
     print(json.dumps(child_step_rate(args["data"], args["config"], list(args["overrides"]), int(args["steps"]),

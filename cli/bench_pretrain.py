@@ -284,6 +284,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for rep in range(args.repeats):
             runs += [run_once(args, data, storage, w, t, l, rep) for w, t, l in plan]
             if args.ceiling:
+                from matforge.cli.bench_ceiling import ceiling_runs
+
                 ceilings += ceiling_runs(args, data, counts, cores, rep)
     finally:
         if not args.keep:
@@ -316,46 +318,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     report["speedup_2_over_1_per_repeat"] = {
         f"threads={t},loader_workers={l}": [by_run[(2, t, l, k)] / by_run[(1, t, l, k)] for k in range(args.repeats)]
         for (w, t, l) in per_setting if w == 1 and (2, t, l) in per_setting}
+    from matforge.cli.bench_ceiling import ceiling_summary
+
     report["ceiling"] = ceilings
-    report["ceiling_per_repeat"], report["efficiency_per_repeat"] = ceiling_summary(runs, ceilings, args.repeats)
+    report["ceiling_per_repeat"], report["efficiency_per_repeat"] = ceiling_summary(runs, ceilings)
     return report
-
-
-def ceiling_runs(args: argparse.Namespace, data: str, counts: list[int], cores: int, repeat: int) -> list[dict[str, Any]]:
-    """The no-communication ceiling of each W >= 2 (with 1 in the list) at each thread count they share."""
-    from matforge.cli.bench_ceiling import measure_ceiling
-    from matforge.pretrain.config import load_config
-    from matforge.pretrain.launcher import worker_env
-
-    if 1 not in counts:
-        return []
-    out = []
-    for w in sorted(c for c in set(counts) if c >= 2):
-        for t in sorted(set(thread_options(1, args.threads, cores)) & set(thread_options(w, args.threads, cores))):
-            overrides = [*([f"data.max_atoms={args.max_atoms}"] if args.max_atoms is not None else []),
-                         *args.overrides, f"scaling.threads_per_worker={t}"]
-            env = worker_env(load_config(args.config, [f"data.train={data}", "data.train_split=null", "data.val=null",
-                                                       "data.val_split=null", "data.synth.structures=0", *overrides]))
-            figures = measure_ceiling(data, args.config, overrides, args.steps, w, env, args.timeout)
-            out.append({"workers": w, "threads_per_worker": t, "repeat": repeat, **figures})
-    return out
-
-
-def ceiling_summary(runs: list[dict[str, Any]], ceilings: list[dict[str, Any]],
-                    repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Per repeat: ``{"workers=W,threads=T": [ceiling, ...]}`` and, for each loader setting L,
-    ``{"workers=W,threads=T,loader_workers=L": [speed-up / ceiling, ...]}`` (runs of the same repeat)."""
-    by_run = {(*_setting(r), r["repeat"]): r["atoms_per_s"] for r in runs}
-    ceiling: dict[str, list[float]] = {}
-    efficiency: dict[str, list[float]] = {}
-    for c in sorted(ceilings, key=lambda c: (c["workers"], c["threads_per_worker"], c["repeat"])):
-        w, t, k = c["workers"], c["threads_per_worker"], c["repeat"]
-        ceiling.setdefault(f"workers={w},threads={t}", []).append(c["ceiling"])
-        for (w2, t2, l, k2), value in sorted(by_run.items()):
-            if (w2, t2, k2) == (w, t, k) and (1, t, l, k) in by_run:
-                efficiency.setdefault(f"workers={w},threads={t},loader_workers={l}", []).append(
-                    value / by_run[(1, t, l, k)] / c["ceiling"])
-    return ceiling, efficiency
 
 
 def format_table(report: dict[str, Any]) -> str:

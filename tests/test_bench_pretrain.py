@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from matforge.cli.bench_pretrain import (Scalar, best_runs, ceiling_summary, format_table, loader_options, read_scalars,
-                                        summarise, thread_options)
+from matforge.cli.bench_ceiling import ceiling_summary
+from matforge.cli.bench_pretrain import (Scalar, best_runs, format_table, loader_options, read_scalars, summarise,
+                                        thread_options)
 from matforge.cli.main import main
 
 TINY_MODEL = "model.hyperparameters={hidden: 8, num_interactions: 1, cutoff: 4.0}"
@@ -61,7 +62,7 @@ def test_ceiling_and_efficiency_within_each_repeat():
             run(1, 0, 120.0, 1), run(2, 0, 180.0, 1), run(1, 1, 100.0, 1), run(2, 1, 160.0, 1)]
     ceilings = [{"workers": 2, "threads_per_worker": 1, "repeat": 1, "ceiling": 1.5},
                 {"workers": 2, "threads_per_worker": 1, "repeat": 0, "ceiling": 2.0}]
-    ceiling, efficiency = ceiling_summary(runs, ceilings, repeats=2)
+    ceiling, efficiency = ceiling_summary(runs, ceilings)
     assert ceiling == {"workers=2,threads=1": [2.0, 1.5]}            # in repeat order
     assert efficiency["workers=2,threads=1,loader_workers=0"] == pytest.approx([0.9, 1.0])
     assert efficiency["workers=2,threads=1,loader_workers=1"] == pytest.approx([150 / 90 / 2.0, 1.6 / 1.5])
@@ -73,7 +74,7 @@ def test_ceiling_and_efficiency_within_each_repeat():
     assert "machine ceiling at workers=2,threads=1 (independent processes, no communication, over one alone), " \
            "each repeat: 2.00, 1.50 (median 1.75x)" in table
     assert "Ray DDP speed-up / ceiling at workers=2,threads=1,loader_workers=0, each repeat: 0.90, 1.00 (median 0.95)" in table
-    assert ceiling_summary(runs, [], repeats=2) == ({}, {})
+    assert ceiling_summary(runs, []) == ({}, {})
 
 
 def test_summary_skips_start_up_windows():
