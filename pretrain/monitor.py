@@ -52,8 +52,7 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 class ThroughputMeter:
     """Counts atoms/structures and splits wall time into data wait and compute, per window."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:

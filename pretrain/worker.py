@@ -248,7 +248,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     if state.step == 0:
         monitor.hparams(payload["config"], state.fitted)
     batch_log = BatchLog(run_dir / "batches" / f"rank{rank}.jsonl" if os.environ.get(BATCH_LOG_ENV) else None)
-    meter = ThroughputMeter(device)
+    meter = ThroughputMeter()
     window = LossWindow(device)
     weights = objective.weights()
     grad_norm = torch.tensor(0.0)

@@ -23,7 +23,7 @@ def _two_steps(window: LossWindow, meter: ThroughputMeter) -> None:
 
 
 def _check(weights: dict[str, float]) -> None:
-    window, meter = LossWindow(torch.device("cpu")), ThroughputMeter(torch.device("cpu"))
+    window, meter = LossWindow(torch.device("cpu")), ThroughputMeter()
     _two_steps(window, meter)
     assert window.names == ["energy", "forces", "stress"]
     assert window.sums is not None and not window.sums.requires_grad
@@ -64,7 +64,7 @@ def test_throughput_is_the_rank_sum_over_the_mean_window():
 
 
 def test_an_empty_window_logs_throughput_only():
-    window, meter = LossWindow(torch.device("cpu")), ThroughputMeter(torch.device("cpu"))
+    window, meter = LossWindow(torch.device("cpu")), ThroughputMeter()
     meter.add(atoms=4, structures=1, wait=0.0, compute=0.1)
     logged = reduce_window(window, meter, {}, world_size=1)
     assert "loss" not in logged and logged["throughput/atoms_per_s"] > 0
