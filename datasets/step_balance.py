@@ -8,10 +8,21 @@ neighbours per atom follows the density, which differs between materials by a fa
 Cost of a structure of n atoms in a periodic cell of volume V (Å³), cutoff r_c (Å)::
 
     neighbours per atom  k ≈ (n / V) · (4/3) π r_c³      (number density × cutoff sphere)
-    cost                 c = n · (1 + k)                  (atoms + directed edges)
+    directed edges       e ≈ n · k                        (one per image of a neighbour)
+    atom pairs           p ≈ n · min(n, k)                (distinct ordered (j, i) within r_c: an atom
+                                                           has at most n partners, its own images
+                                                           included; further images add edges only)
+    cost                 c = w_n · n + w_e · e + w_p · p
 
 For a structure that is not periodic in all three directions (volume unknown, NaN) k is bounded
-by n − 1 (every other atom), which is what is used.
+by n − 1 (every other atom), which is what is used (then p = e).
+
+The weights (per atom, per edge, per pair; only their ratios matter) depend on the backbone, its
+width, the objective and the device. PaiNN aggregates its directional products per atom pair, so
+small cells, where each pair has many images, cost far less than their edge count says: for the
+quick start (PaiNN, 32 channels, forces and stress, CPU) a pair costs about 7 edges and an atom
+almost nothing. :mod:`matforge.pretrain.cost_calibration` measures the weights at the start of a
+run; ``(1, 1, 0)`` (atoms + edges) is the estimate without a measurement.
 
 Re-partition of a step (``world_size`` = W consecutive batches of the packed epoch): its structures
 are pooled and dealt again, largest cost first, each to the batch with the least cost so far among
@@ -30,15 +41,15 @@ import math
 import numpy as np
 
 
-def structure_costs(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float) -> np.ndarray:
-    """Estimated cost (atoms + edges) of each structure, float64 (R,); see the module docstring.
+def neighbours_per_atom(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float) -> np.ndarray | None:
+    """Estimated neighbours within ``cutoff`` per atom, k, float64 (R,); None when ``volume`` is None.
 
-    natoms: (R,) atoms; volume: (R,) Å³ of each cell, NaN (or <= 0) where not fully periodic, or
-    None when unknown for all (then the cost is the atom count); cutoff: Å.
+    natoms: (R,) atoms; volume: (R,) Å³ of each cell, NaN (or <= 0) where not fully periodic (then
+    k = n − 1); cutoff: Å. See the module docstring.
     """
     n = np.asarray(natoms, dtype=np.float64)
     if volume is None:
-        return n.copy()
+        return None
     v = np.asarray(volume, dtype=np.float64)
     if v.shape != n.shape:
         raise ValueError(f"volume has shape {v.shape}, natoms {n.shape}")
@@ -46,8 +57,45 @@ def structure_costs(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
     periodic = np.isfinite(v) & (v > 0)
     sphere = 4.0 / 3.0 * math.pi * cutoff ** 3
-    neighbours = np.where(periodic, n / np.where(periodic, v, 1.0) * sphere, np.maximum(n - 1.0, 0.0))
-    return n * (1.0 + neighbours)
+    return np.where(periodic, n / np.where(periodic, v, 1.0) * sphere, np.maximum(n - 1.0, 0.0))
+
+
+COST_TERMS = ("atom", "edge", "pair")
+DEFAULT_COST_WEIGHTS = (1.0, 1.0, 0.0)
+"""Weights per atom, edge and pair without a measurement: atoms + edges."""
+
+
+def cost_features(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float) -> np.ndarray | None:
+    """Estimated (atoms, edges, pairs) of each structure, float64 (R, 3); None when ``volume`` is None."""
+    n = np.asarray(natoms, dtype=np.float64)
+    k = neighbours_per_atom(n, volume, cutoff)
+    if k is None:
+        return None
+    return np.stack([n, n * k, n * np.minimum(n, k)], axis=1)
+
+
+def check_cost_weights(weights: "tuple[float, ...] | list[float]") -> tuple[float, float, float]:
+    """``weights`` as three finite numbers >= 0, not all zero (per atom, edge, pair); else ValueError."""
+    values = tuple(float(w) for w in weights)
+    if len(values) != 3 or not all(math.isfinite(w) and w >= 0 for w in values) or not any(values):
+        raise ValueError(f"cost weights must be 3 finite numbers >= 0 (per {', '.join(COST_TERMS)}), "
+                         f"not all zero; got {list(weights)}")
+    return values  # type: ignore[return-value]
+
+
+def structure_costs(natoms: np.ndarray, volume: np.ndarray | None, cutoff: float,
+                    weights: "tuple[float, ...] | list[float]" = DEFAULT_COST_WEIGHTS) -> np.ndarray:
+    """Estimated cost ``w_n·n + w_e·e + w_p·p`` of each structure, float64 (R,); module docstring.
+
+    natoms: (R,) atoms; volume: (R,) Å³ of each cell, NaN (or <= 0) where not fully periodic, or
+    None when unknown for all (then the cost is the atom count); cutoff: Å; weights: per atom,
+    edge and pair (:func:`check_cost_weights`).
+    """
+    w = np.asarray(check_cost_weights(weights))
+    features = cost_features(natoms, volume, cutoff)
+    if features is None:
+        return np.asarray(natoms, dtype=np.float64).copy()
+    return features @ w
 
 
 def balance_steps(sizes: np.ndarray, costs: np.ndarray, starts: np.ndarray, max_atoms: int,

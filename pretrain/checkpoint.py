@@ -44,6 +44,7 @@ class TrainState:
     config: dict[str, Any] = field(default_factory=dict)
     data_manifest_sha256: str = ""
     world_size: int = 1
+    balance_weights: list[float] | None = None  # per atom, edge, pair: how steps are balanced (measured once)
 
 
 def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -46,7 +46,10 @@ class DataConfig:
     # auto | step (as the step starts) | backward (while the backward runs) | none
     prefetch_thread: str = "auto"
     graph_cache_mb: float = 512.0  # built graphs kept per process (not with denoising); 0: none
-    balance_ranks: bool = True     # equal estimated work (atoms + edges) per rank in each step
+    balance_ranks: bool = True     # equal estimated work (atoms, edges, atom pairs) per rank in each step
+    # weights per atom, edge and pair of that estimate (matforge.datasets.step_balance; ratios matter);
+    # None: measured at the start of the run (matforge.pretrain.cost_calibration), kept in its checkpoints
+    balance_weights: list[float] | None = None
     properties: list[str] = field(default_factory=list)   # named properties for "combined"
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 
@@ -164,6 +167,13 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     if not cfg.data.graph_cache_mb >= 0:
         raise ConfigError(f"data.graph_cache_mb: must be >= 0, got {cfg.data.graph_cache_mb}")
 
+    if cfg.data.balance_weights is not None:
+        from matforge.datasets.step_balance import check_cost_weights
+
+        try:
+            check_cost_weights(cfg.data.balance_weights)
+        except ValueError as err:
+            raise ConfigError(f"data.balance_weights: {err} (or null: measure them)") from None
     if cfg.data.prefetch_thread not in PREFETCH_MODES:
         raise ConfigError(f"data.prefetch_thread: {cfg.data.prefetch_thread!r} is not one of {', '.join(PREFETCH_MODES)}")
     if cfg.objective == "combined" and not cfg.data.properties:

@@ -71,6 +71,10 @@ def test_sigkilled_worker_recovers_and_rerun_resumes(ray_session, emt_dir: Path,
     # progress streams to the driver from rank 0 only; Ray Train's per-report and cleaner chatter does not
     assert streamed.count("[matforge] step 2/12 ") == 1, streamed[-3000:]
     assert "Reporting training result" not in streamed
+    # the step balance's weights were measured once, on both ranks together, and kept in the checkpoint
+    assert streamed.count("[matforge] step balance: ") == 1, streamed[-3000:]
+    saved = json.loads((Path(result.checkpoint) / "state.json").read_text())["balance_weights"]
+    assert len(saved) == 3 and all(w >= 0 for w in saved) and any(w > 0 for w in saved)
     assert "Failed to query Ray Train Controller" not in streamed
     # the embedded instance runs its workers at the default priority, not Ray's nice 15
     import ray
