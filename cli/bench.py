@@ -6,9 +6,10 @@ import argparse
 
 from matforge.cli.commands import command_group
 
-BENCH_MODULES = ["matforge.cli.bench_data", "matforge.cli.bench_train", "matforge.cli.bench_pretrain"]
+BENCH_MODULES = ["matforge.cli.bench_data", "matforge.cli.bench_train", "matforge.cli.bench_pretrain",
+                 "matforge.cli.bench_balance"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    command_group(sub, "bench", "measure throughput (data, train, pretrain)", "bench_command", "BENCH",
+    command_group(sub, "bench", "measure throughput (data, train, pretrain) and step balance", "bench_command", "BENCH",
                   BENCH_MODULES)

@@ -3,7 +3,8 @@
 One step on every rank::
 
     batch  ← this rank's next pre-built atom-budget batch (no collective; the sampler deals batches,
-             each step's work balanced across ranks by an estimated cost per structure)
+             each step's work balanced across ranks by an estimated cost per structure, whose weights
+             are measured once at the start: matforge.pretrain.cost_calibration)
     counts ← start all_reduce(objective.counts(batch))     (label counts, known from the batch alone)
     out    ← DDP(model)(batch, forces=…, stress=…, create_graph=…)        (autograd EFS)
     terms  ← objective.terms(out, batch)                                  (sum, count) per term
