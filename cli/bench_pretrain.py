@@ -359,7 +359,7 @@ def format_table(report: dict[str, Any]) -> str:
             setting, value = max(same.items(), key=lambda item: item[1])
             met = "met" if value >= TARGET_SPEEDUP_2 else "NOT met"
             lines.append(f"issue 4 target: >= {TARGET_SPEEDUP_2}x with 2 workers, with the thread settings that make it "
-                         f"true: {value:.2f}x at {setting} -> {met}")
+                         f"true: {value:.3f}x at {setting} -> {met}")
     for key, values in report.get("ceiling_per_repeat", {}).items():
         lines.append(f"machine ceiling at {key} (independent processes, no communication, over one alone), each repeat: "
                      f"{', '.join(f'{x:.2f}' for x in values)} (median {_median(values):.2f}x)")

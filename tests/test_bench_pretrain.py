@@ -46,9 +46,9 @@ def test_table_judges_the_target_at_the_best_equal_setting():
     table = format_table(report)
     assert "speed-up 2 workers over 1, each with its best setting: 1.40x" in table
     assert "  within each repeat: 1.75, 1.50, 1.60 (median 1.60x)" in table
-    assert "1.75x at threads=1,loader_workers=0 -> met" in table
+    assert "1.750x at threads=1,loader_workers=0 -> met" in table
     report["speedup_2_over_1_same_settings"] = {"threads=1,loader_workers=0": 1.69}
-    assert "1.69x at threads=1,loader_workers=0 -> NOT met" in format_table(report)
+    assert "1.690x at threads=1,loader_workers=0 -> NOT met" in format_table(report)
     # the rows kept for each worker count are starred
     starred = [line.split()[:3] for line in table.splitlines() if line.endswith(" *")]
     assert starred == [["1", "2", "0"], ["2", "1", "0"]]
