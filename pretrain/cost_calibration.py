@@ -24,6 +24,10 @@ training data, the split of the time between them is arbitrary, and so harmless:
 those structures' costs is what the fit pins down. No weights come out when all three are zero
 (the part of the time that grows with them is under 1 % of it) or there are fewer than 4 structures.
 
+A run takes its weights from ``data.balance_weights`` when set, else from its checkpoint (so a
+resumed run deals exactly the batches it dealt before), else measures them
+(:func:`run_balance_weights`).
+
 The model is left as it was: parameters, buffers (BatchNorm running statistics), gradients and
 the torch random number generators are restored after the timing.
 """
@@ -32,10 +36,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matforge.pretrain.checkpoint import TrainState
+    from matforge.pretrain.config import PretrainConfig
 
 MIN_VARIABLE_SHARE = 0.01
 """Below this share of the mean time, the part that grows with atoms, edges and pairs is taken as
@@ -187,6 +195,31 @@ def calibrate_cost_weights(model: torch.nn.Module, objective: Any, collate: Call
         seconds = average_over_ranks(seconds.to(device)).cpu()
     return fit_cost_weights([int(b.num_nodes) for b in batches], [int(b.edge_index.shape[1]) for b in batches],
                             [count_pairs(b.edge_index, int(b.num_nodes)) for b in batches], seconds.tolist())
+
+
+def run_balance_weights(cfg: "PretrainConfig", state: "TrainState", model: torch.nn.Module, objective: Any, records: Any,
+                        graph_config: Any, transform: Any, device: torch.device, world: int, rank: int) -> list[float]:
+    """Weights per atom, edge and pair of the step balance: the config's, else the run's (from its
+    checkpoint), else measured now by :func:`calibrate_cost_weights` on every rank at once (atoms +
+    edges when they cannot be measured); rank 0 prints what was measured."""
+    from matforge.datasets.step_balance import DEFAULT_COST_WEIGHTS, neighbours_per_atom
+
+    if cfg.data.balance_weights is not None:
+        return [float(w) for w in cfg.data.balance_weights]
+    if state.balance_weights is not None:
+        return [float(w) for w in state.balance_weights]
+    neighbours = neighbours_per_atom(records.natoms, records.volume, model.backbone.cutoff)
+    if neighbours is None:      # no cell volumes: the estimate is the atom count whatever the weights
+        return list(DEFAULT_COST_WEIGHTS)
+    from matforge.datasets.loader import GraphDataset
+    from matforge.pretrain.distributed import all_reduce_sum
+
+    graphs = GraphDataset(records, graph_config, **({"transform": transform} if transform is not None else {}))
+    fit = calibrate_cost_weights(model, objective, graphs.collate, records.natoms, neighbours, cfg.data.max_atoms,
+                                 device, repeats=2, average_over_ranks=lambda t: all_reduce_sum(t) / world)
+    if rank == 0:
+        print(f"[matforge] step balance: {fit.describe()}", flush=True)
+    return list(fit.weights) if fit.weights is not None else list(DEFAULT_COST_WEIGHTS)
 
 
 def _sync(device: torch.device) -> None:

@@ -208,8 +208,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     if cfg.data.balance_ranks and world > 1:
         from matforge.datasets.step_balance import structure_costs
 
-        state.balance_weights = _balance_weights(cfg, state, model, objective, train_records, graph_config, transform,
-                                                 device, world, rank)
+        from matforge.pretrain.cost_calibration import run_balance_weights
+
+        state.balance_weights = run_balance_weights(cfg, state, model, objective, train_records, graph_config,
+                                                    transform, device, world, rank)
         cost = structure_costs(train_records.natoms, train_records.volume, backbone.cutoff, state.balance_weights)
     ddp_model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
@@ -324,31 +326,6 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             sampler.set_epoch(state.epoch, 0)
     monitor.close()
     batch_log.close()
-
-
-def _balance_weights(cfg: PretrainConfig, state: TrainState, model: torch.nn.Module, objective: Any, records: Any,
-                     graph_config: Any, transform: Any, device: torch.device, world: int, rank: int) -> list[float]:
-    """Weights per atom, edge and pair of the step balance: the config's, else the run's (from its
-    checkpoint), else measured now on every rank at once (:mod:`matforge.pretrain.cost_calibration`;
-    atoms + edges when they cannot be measured)."""
-    from matforge.datasets.step_balance import DEFAULT_COST_WEIGHTS, neighbours_per_atom
-
-    if cfg.data.balance_weights is not None:
-        return [float(w) for w in cfg.data.balance_weights]
-    if state.balance_weights is not None:
-        return [float(w) for w in state.balance_weights]
-    neighbours = neighbours_per_atom(records.natoms, records.volume, model.backbone.cutoff)
-    if neighbours is None:      # no cell volumes: the estimate is the atom count whatever the weights
-        return list(DEFAULT_COST_WEIGHTS)
-    from matforge.datasets.loader import GraphDataset
-    from matforge.pretrain.cost_calibration import calibrate_cost_weights
-
-    graphs = GraphDataset(records, graph_config, **({"transform": transform} if transform is not None else {}))
-    fit = calibrate_cost_weights(model, objective, graphs.collate, records.natoms, neighbours, cfg.data.max_atoms,
-                                 device, repeats=2, average_over_ranks=lambda t: all_reduce_sum(t) / world)
-    if rank == 0:
-        print(f"[matforge] step balance: {fit.describe()}", flush=True)
-    return list(fit.weights) if fit.weights is not None else list(DEFAULT_COST_WEIGHTS)
 
 
 def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from matforge.pretrain import cost_calibration
 from matforge.pretrain.checkpoint import TrainState
 from matforge.pretrain.config import ConfigError, load_config
 from matforge.pretrain.cost_calibration import (calibrate_cost_weights, calibration_groups, count_pairs,
-                                                fit_cost_weights, time_training_steps)
-from matforge.pretrain.worker import _balance_weights, build_model, build_objective
+                                                fit_cost_weights, run_balance_weights, time_training_steps)
+from matforge.pretrain.worker import build_model, build_objective
 
 
 def test_cost_features_and_weighted_costs_exact():
@@ -180,14 +180,14 @@ def test_a_run_uses_the_configured_then_the_saved_then_measured_weights(synth_di
     args = (model, obj, records, graphs.config, None, torch.device("cpu"), 1, 0)
     base = ["data.train=" + str(synth_dir)]
     configured = load_config("quickstart", base + ["data.balance_weights=[1, 2, 3]"])
-    assert _balance_weights(configured, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [1.0, 2.0, 3.0]
+    assert run_balance_weights(configured, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [1.0, 2.0, 3.0]
     plain = load_config("quickstart", base)
-    assert _balance_weights(plain, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [5.0, 1.0, 0.0]
+    assert run_balance_weights(plain, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [5.0, 1.0, 0.0]
     assert calls == []
-    assert _balance_weights(plain, TrainState(), *args) == [0.0, 1.0, 7.0] and calls == [1]
+    assert run_balance_weights(plain, TrainState(), *args) == [0.0, 1.0, 7.0] and calls == [1]
     monkeypatch.setattr(cost_calibration, "calibrate_cost_weights",
                         lambda *a, **k: cost_calibration.CostFit(None, 0.0, (), (), (), (), reason="flat"))
-    assert _balance_weights(plain, TrainState(), *args) == [1.0, 1.0, 0.0]
+    assert run_balance_weights(plain, TrainState(), *args) == [1.0, 1.0, 0.0]
     for bad in ("[1, -2, 3]", "[0, 0, 0]", "[1, 2]"):
         with pytest.raises(ConfigError, match="balance_weights"):
             load_config("quickstart", base + [f"data.balance_weights={bad}"])
