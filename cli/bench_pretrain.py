@@ -197,6 +197,8 @@ def summarise(scalars: dict[str, list[Scalar]], skip_steps: int, started: float)
         "atoms_per_s": _median(steady("throughput/atoms_per_s")),
         "structures_per_s": _median(steady("throughput/structures_per_s")),
         "data_wait_fraction": _median(steady("time/data_wait_fraction")),
+        # waiting for the other ranks (several CPU workers only; NaN where not logged)
+        "sync_wait_fraction": _median(steady("time/sync_wait_fraction")),
         "windows": len(keep), "first_window_step": first_step,
         "launch_to_first_step_s": loop_start[0].wall_time - started if loop_start else float("nan"),
         "launch_to_first_log_s": launch[0].value if launch else float("nan"),
@@ -325,6 +327,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _fraction(value: float | None) -> str:
+    """A 6-wide fraction, '-' where there is none (NaN or missing)."""
+    return f"{value:6.3f}" if value is not None and value == value else f"{'-':>6s}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"matforge pretrain --config {report['config']}: {report['model']} {report['model_hyperparameters']}, "
              f"objective {report['objective']}; data {report['data_origin']}",
@@ -332,16 +339,18 @@ def format_table(report: dict[str, Any]) -> str:
              f"workers); {report['steps']} steps, throughput = median over windows of {report['log_every']} steps "
              f"after step {report['skip_steps']}; best of {report['repeats']} repeat(s); {report['cpu_count']} CPUs",
              "",
-             f"{'workers':>7s} {'threads':>7s} {'loaders':>7s} {'atoms/s':>9s} {'structs/s':>9s} {'wait':>6s} "
+             f"{'workers':>7s} {'threads':>7s} {'loaders':>7s} {'atoms/s':>9s} {'structs/s':>9s} {'wait':>6s} {'sync':>6s} "
              f"{'to step 1 s':>11s} {'to 1st log s':>12s} {'load before/after':>17s}"]
     best = {w: (s["threads_per_worker"], s["loader_workers"], s["repeat"]) for w, s in report["best_settings"].items()}
     for r in report["runs"]:
         mark = " *" if best.get(str(r["workers"])) == (r["threads_per_worker"], r["loader_workers"], r["repeat"]) else ""
         lines.append(f"{r['workers']:7d} {r['threads_per_worker']:7d} {r['loader_workers']:7d} {r['atoms_per_s']:9.0f} "
-                     f"{r['structures_per_s']:9.1f} {r['data_wait_fraction']:6.3f} {r['launch_to_first_step_s']:11.1f} "
+                     f"{r['structures_per_s']:9.1f} {r['data_wait_fraction']:6.3f} {_fraction(r.get('sync_wait_fraction'))} "
+                     f"{r['launch_to_first_step_s']:11.1f} "
                      f"{r['launch_to_first_log_s']:12.1f} {r['load_average_1min_before']:8.2f}/{r['load_average_1min_after']:.2f}{mark}")
     lines.append("(* the run kept for that worker count: its best setting and repeat; threads: torch threads per worker; loaders: DataLoader "
-                 "processes per worker; wait: fraction of time waiting for data)")
+                 "processes per worker; wait: fraction of time waiting for data; sync: fraction of time waiting for the other "
+                 "ranks at the step's all-reduces, '-' with one worker)")
     if report["speedup_over_1"]:
         lines.append("")
         for w, s in report["speedup_over_1"].items():

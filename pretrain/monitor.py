@@ -9,6 +9,8 @@ Every ``log_every`` steps each rank contributes its window's loss-term sums and 
 * ``throughput/atoms_per_s``, ``throughput/structures_per_s``: summed over ranks
   (Σ_ranks count / wall time of the window);
 * ``time/data_wait_fraction``: Σ wait / Σ (wait + compute) over ranks;
+* ``time/sync_wait_fraction``: Σ seconds at the step's synchronisation points / Σ (wait + compute)
+  over ranks (:mod:`matforge.pretrain.sync_timing`; only where it is measured: several CPU workers);
 * ``memory/peak_mb``: peak resident memory of rank 0 (CUDA: peak allocated);
 
 beside the learning rate and the gradient norm before clipping. The loss sums stay on the training
@@ -50,9 +52,11 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 
 
 class ThroughputMeter:
-    """Counts atoms/structures and splits wall time into data wait and compute, per window."""
+    """Counts atoms/structures and splits wall time into data wait and compute (of which ``sync`` is
+    spent waiting for the other ranks), per window; ``measures_sync``: this rank times its waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, measures_sync: bool = False) -> None:
+        self.measures_sync = measures_sync
         self.reset()
 
     def reset(self) -> None:
@@ -60,29 +64,39 @@ class ThroughputMeter:
         self.structures = 0
         self.wait = 0.0
         self.compute = 0.0
+        self.sync = 0.0
         self.window_start = time.perf_counter()
 
-    def add(self, atoms: int, structures: int, wait: float, compute: float) -> None:
+    def add(self, atoms: int, structures: int, wait: float, compute: float, sync: float = 0.0) -> None:
+        """One step: its atoms and structures, seconds waiting for the batch, seconds from the batch to
+        the end of the optimiser step (``compute``), and the part of those spent waiting for the
+        other ranks (``sync`` <= ``compute``)."""
         self.atoms += atoms
         self.structures += structures
         self.wait += wait
         self.compute += compute
+        self.sync += sync
 
     def local_vector(self) -> list[float]:
-        """This rank's [atoms, structures, wait s, compute s, window s] since the last reset."""
+        """This rank's [atoms, structures, wait s, compute s, window s, sync s, 1 if it measures
+        sync else 0] since the last reset."""
         return [float(self.atoms), float(self.structures), self.wait, self.compute,
-                time.perf_counter() - self.window_start]
+                time.perf_counter() - self.window_start, self.sync, float(self.measures_sync)]
 
     @staticmethod
     def figures(total: list[float], world_size: int) -> dict[str, float]:
-        """Throughput and data-wait fraction from the rank-summed :meth:`local_vector`."""
+        """Throughput, data-wait and (where every rank measures it) sync-wait fractions from the
+        rank-summed :meth:`local_vector`."""
         wall = total[4] / max(1, world_size)  # mean window length over ranks
         busy = total[2] + total[3]
-        return {
+        out = {
             "throughput/atoms_per_s": total[0] / wall if wall > 0 else 0.0,
             "throughput/structures_per_s": total[1] / wall if wall > 0 else 0.0,
             "time/data_wait_fraction": total[2] / busy if busy > 0 else 0.0,
         }
+        if total[6] >= world_size > 1:
+            out["time/sync_wait_fraction"] = total[5] / busy if busy > 0 else 0.0
+        return out
 
 
 class LossWindow:
@@ -182,7 +196,7 @@ class Monitor:
         if not self.enabled:
             return
         parts = [f"step {step}/{self.max_steps}"]
-        for key in ("loss", "lr", "throughput/atoms_per_s", "time/data_wait_fraction"):
+        for key in ("loss", "lr", "throughput/atoms_per_s", "time/data_wait_fraction", "time/sync_wait_fraction"):
             if key in values:
                 parts.append(f"{key.split('/')[-1]} {values[key]:.4g}")
         print("[matforge] " + "  ".join(parts), file=sys.stdout, flush=True)

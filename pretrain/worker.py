@@ -9,6 +9,7 @@ One step on every rank::
     out    ← DDP(model)(batch, forces=…, stress=…, create_graph=…)        (autograd EFS)
     terms  ← objective.terms(out, batch)                                  (sum, count) per term
     loss   ← Σ_k w_k · sum_k · W / counts_k     → backward → DDP averages → exact global mean
+             (the waits for counts and gradients timed: matforge.pretrain.sync_timing)
     clip, AdamW step, lr ← schedule(step)
 
 The counts' all-reduce runs while the forward pass does, so a step has one point where the ranks
@@ -44,6 +45,7 @@ from matforge.pretrain.config import PretrainConfig, from_dict
 from matforge.pretrain.distributed import all_reduce_sum, broadcast_json, start_all_reduce_sum
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
 from matforge.pretrain.schedule import LRSchedule
+from matforge.pretrain.sync_timing import attach_sync_timer
 
 FAULT_ENV = "MATFORGE_FAULT_INJECT"
 """Fault injection for tests: ``"rank=R,step=S[,mode=kill|raise]"`` SIGKILLs rank R (or raises in
@@ -252,7 +254,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     if state.step == 0:
         monitor.hparams(payload["config"], state.fitted)
     batch_log = BatchLog(run_dir / "batches" / f"rank{rank}.jsonl" if os.environ.get(BATCH_LOG_ENV) else None)
-    meter = ThroughputMeter()
+    sync_timer = attach_sync_timer(ddp_model, device)
+    meter = ThroughputMeter(measures_sync=sync_timer.measures)
     window = LossWindow(device)
     weights = objective.weights()
     grad_norm = torch.tensor(0.0)
@@ -280,7 +283,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             terms = objective.terms(out, batch)
             if sorted(terms) != sorted(names):
                 raise RuntimeError(f"objective {objective.name!r}: counts() names {names} but terms() {list(terms)}")
-            loss = combine(terms, weights, dict(zip(names, pending_counts.result())), world)
+            loss = combine(terms, weights, dict(zip(names, sync_timer.wait_counts(pending_counts))), world)
             optimizer.zero_grad(set_to_none=True)
             if prefetch is not None and prefetch_mode == "backward":
                 prefetch.release()    # the next batch is built while the backward runs without the GIL
@@ -289,7 +292,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             optimizer.step()
             state.step = step
             state.batch_index += 1
-            meter.add(int(batch.num_nodes), int(batch.num_graphs), wait, time.perf_counter() - t1)
+            meter.add(int(batch.num_nodes), int(batch.num_graphs), wait, time.perf_counter() - t1,
+                      sync_timer.take_step())
             window.add(terms)
 
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:

@@ -28,7 +28,7 @@ def _run_json(capsys, *args: str) -> dict:
 def _run(workers: int, threads: int, loaders: int, atoms_per_s: float) -> dict:
     return {"workers": workers, "threads_per_worker": threads, "loader_workers": loaders, "repeat": 0,
             "atoms_per_s": atoms_per_s, "structures_per_s": atoms_per_s / 10, "data_wait_fraction": 0.05,
-            "launch_to_first_step_s": 15.0, "launch_to_first_log_s": 16.0, "load_average_1min_before": 1.0,
+            "sync_wait_fraction": 0.0625 if workers > 1 else float("nan"), "launch_to_first_step_s": 15.0, "launch_to_first_log_s": 16.0, "load_average_1min_before": 1.0,
             "load_average_1min_after": 1.5}
 
 
@@ -47,6 +47,8 @@ def test_table_judges_the_target_at_the_best_equal_setting():
     assert "speed-up 2 workers over 1, each with its best setting: 1.40x" in table
     assert "  within each repeat: 1.75, 1.50, 1.60 (median 1.60x)" in table
     assert "1.750x at threads=1,loader_workers=0 -> met" in table
+    rows = {line.split()[3]: line.split() for line in table.splitlines() if line[:7].strip() in ("1", "2")}
+    assert rows["7000"][6] == "0.062" and rows["4000"][6] == "-"      # sync: waiting for other ranks
     report["speedup_2_over_1_same_settings"] = {"threads=1,loader_workers=0": 1.69}
     assert "1.690x at threads=1,loader_workers=0 -> NOT met" in format_table(report)
     # the rows kept for each worker count are starred
@@ -92,6 +94,9 @@ def test_summary_skips_start_up_windows():
     assert out["windows"] == 3 and out["first_window_step"] == 2
     assert out["atoms_per_s"] == 400.0 and out["structures_per_s"] == 40.0
     assert out["data_wait_fraction"] == pytest.approx(0.3)
+    assert math.isnan(out["sync_wait_fraction"])       # one worker: never logged
+    synced = dict(scalars, **{"time/sync_wait_fraction": [Scalar(s, 0.01 * s, 1000.0 + s) for s, _ in rates]})
+    assert summarise(synced, skip_steps=5, started=995.0)["sync_wait_fraction"] == pytest.approx(0.08)
     assert out["launch_to_first_step_s"] == pytest.approx(6.25)
     assert out["launch_to_first_log_s"] == 7.5
     assert out["peak_memory_mb_rank0"] == 30.0

@@ -57,10 +57,23 @@ def test_window_means_in_a_real_process_group(tmp_path):
 
 def test_throughput_is_the_rank_sum_over_the_mean_window():
     # two ranks' vectors summed: 300 atoms in windows of 2 s and 4 s -> 300 / 3 s
-    figures = ThroughputMeter.figures([300.0, 30.0, 1.0, 5.0, 6.0], world_size=2)
+    figures = ThroughputMeter.figures([300.0, 30.0, 1.0, 5.0, 6.0, 0.0, 0.0], world_size=2)
     assert figures["throughput/atoms_per_s"] == pytest.approx(100.0)
     assert figures["throughput/structures_per_s"] == pytest.approx(10.0)
     assert figures["time/data_wait_fraction"] == pytest.approx(1.0 / 6.0)
+    assert "time/sync_wait_fraction" not in figures     # no rank timed its waits
+
+
+def test_sync_wait_is_logged_only_where_every_rank_times_it():
+    # two ranks: 1 s of data wait, 5 s of compute of which 1.5 s at the synchronisation points
+    both = ThroughputMeter.figures([300.0, 30.0, 1.0, 5.0, 6.0, 1.5, 2.0], world_size=2)
+    assert both["time/sync_wait_fraction"] == pytest.approx(1.5 / 6.0)
+    assert "time/sync_wait_fraction" not in ThroughputMeter.figures([300.0, 30.0, 1.0, 5.0, 6.0, 1.5, 1.0], 2)
+    assert "time/sync_wait_fraction" not in ThroughputMeter.figures([300.0, 30.0, 1.0, 5.0, 6.0, 0.0, 1.0], 1)
+    meter = ThroughputMeter(measures_sync=True)
+    meter.add(atoms=10, structures=2, wait=0.25, compute=1.0, sync=0.125)
+    meter.add(atoms=10, structures=2, wait=0.0, compute=1.0, sync=0.25)
+    assert meter.local_vector()[5:] == [0.375, 1.0]
 
 
 def test_an_empty_window_logs_throughput_only():
