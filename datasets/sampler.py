@@ -11,8 +11,9 @@ For epoch ``e`` every rank computes the same *global* batch list:
    Every rank must take the same number of steps, so when W does not divide G:
 
    * ``drop_last=False`` (default): the list is padded to ``ceil(G / W) * W`` batches by repeating
-     its first batches (``global[0], global[1], ...``), so a few structures are seen twice in
-     that epoch;
+     its first batches (``global[0], global[1], ...``, as packed), so a few structures are seen
+     twice in that epoch; the padding is part of the global list, so the last step is a full step
+     (and balanced like any other: its partial batch and the copies are dealt anew);
    * ``drop_last=True``: the last ``G mod W`` batches are dropped, so a few structures are not seen
      in that epoch (a different few each epoch when shuffling).
 
@@ -115,6 +116,7 @@ class AtomBudgetBatchSampler:
             return self._cache[1], self._cache[2]
         order = self.epoch_order(epoch)
         starts = pack_boundaries(self.natoms[order], self.max_atoms)
+        order, starts = self._pad_last_step(order, starts)
         if self.cost is not None and self.world_size > 1:
             perm, starts = balance_steps(self.natoms[order], self.cost[order], starts, self.max_atoms,
                                          self.world_size)
@@ -128,8 +130,20 @@ class AtomBudgetBatchSampler:
         self._cache = (epoch, order, starts)
         return order, starts
 
+    def _pad_last_step(self, order: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, starts)`` with copies of the first batches appended until W divides the batch
+        count (``drop_last=False`` and W > 1 only; see the module docstring)."""
+        g, w = starts.shape[0] - 1, self.world_size
+        if w < 2 or self.drop_last or g == 0 or g % w == 0:
+            return order, starts
+        copies = [order[starts[k % g]:starts[k % g + 1]] for k in range(w - g % w)]
+        sizes = np.array([c.shape[0] for c in copies], dtype=np.int64)
+        return (np.concatenate([order, *copies]),
+                np.concatenate([starts, starts[-1] + np.cumsum(sizes)]))
+
     def global_batches(self, epoch: int) -> list[list[int]]:
-        """Every rank's batches of ``epoch`` before dealing (identical on all ranks)."""
+        """Every rank's batches of ``epoch`` before dealing (identical on all ranks; with
+        ``drop_last=False`` and W > 1 the padding copies included)."""
         order, starts = self._packed(epoch)
         return [order[starts[k]:starts[k + 1]].tolist() for k in range(starts.shape[0] - 1)]
 
@@ -138,11 +152,8 @@ class AtomBudgetBatchSampler:
         g = self._packed(epoch)[1].shape[0] - 1
         w = self.world_size
         ids = np.arange(g, dtype=np.int64)
-        if w > 1 and g % w:
-            if self.drop_last:
-                ids = ids[: (g // w) * w]
-            else:
-                ids = np.concatenate([ids, np.arange(w - g % w, dtype=np.int64) % g])
+        if w > 1 and g % w:  # drop_last (without it the list is already padded to full steps)
+            ids = ids[: (g // w) * w]
         return ids[self.rank::w]
 
     def rank_batches(self, epoch: int) -> list[list[int]]:

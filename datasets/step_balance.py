@@ -105,8 +105,8 @@ def balance_steps(sizes: np.ndarray, costs: np.ndarray, starts: np.ndarray, max_
     sizes, costs: (P,) atoms and cost of the structures in packed order; starts: (G+1,) batch
     boundaries in that order (batch k is positions ``starts[k]:starts[k+1]``). Returns ``(perm,
     new_starts)``: the structure at position i of the balanced order is the one at ``perm[i]`` of
-    the packed order; batch k is ``new_starts[k]:new_starts[k+1]`` of it. A trailing partial step is
-    left alone.
+    the packed order; batch k is ``new_starts[k]:new_starts[k+1]`` of it. A trailing partial step
+    (fewer than ``world_size`` batches; the sampler pads or drops it) is left alone.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     costs = np.asarray(costs, dtype=np.float64)

@@ -5,6 +5,7 @@ a cost (same epoch content, resumable), and the gain on real EMT graphs against 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,24 @@ def test_estimate_balances_real_graphs_by_their_exact_edge_counts(tmp_path: Path
 
     # the slower rank's excess work per step, 3.1 % packed, drops by a third (2.0 %) on this data
     assert excess(estimate) - 1 < 0.75 * (excess(None) - 1)
+
+
+def test_the_padded_last_step_is_balanced_too():
+    # an odd number of batches for 2 ranks: the last step is the partial last batch beside a copy
+    # of the first, dealt anew like every other step
+    sampler = AtomBudgetBatchSampler(NATOMS, 128, seed=3, world_size=2, rank=0, cost=COST)
+    packed = AtomBudgetBatchSampler(NATOMS, 128, seed=3)
+    g = len(packed.global_batches(0))
+    assert g % 2 == 1, "sizes chosen so that 2 ranks need a padded last step"
+    first, last = packed.global_batches(0)[0], packed.global_batches(0)[-1]
+    ranks = [AtomBudgetBatchSampler(NATOMS, 128, seed=3, world_size=2, rank=r, cost=COST).rank_batches(0)
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(sampler) == (g + 1) // 2
+    final = [ranks[0][-1], ranks[1][-1]]
+    assert sorted(final[0] + final[1]) == sorted(first + last)              # the step's structures
+    assert all(NATOMS[b].sum() <= 128 for b in final)
+    costs = [COST[b].sum() for b in final]
+    as_packed = [COST[last].sum(), COST[first].sum()]
+    assert max(costs) < max(as_packed) and max(costs) / min(costs) < 1.2
+    seen = Counter(i for r in ranks for b in r for i in b)                  # every structure, the copies twice
+    assert set(seen) == set(range(len(NATOMS))) and sorted(i for i, c in seen.items() if c == 2) == sorted(first)
