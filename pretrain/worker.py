@@ -44,7 +44,7 @@ from matforge.pretrain.checkpoint import TrainState, load_checkpoint, save_check
 from matforge.pretrain.config import PretrainConfig, from_dict
 from matforge.pretrain.distributed import all_reduce_sum, broadcast_json, start_all_reduce_sum
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
-from matforge.pretrain.schedule import LRSchedule
+from matforge.pretrain.schedule import LRSchedule, build_optimizer
 from matforge.pretrain.sync_timing import attach_sync_timer
 
 FAULT_ENV = "MATFORGE_FAULT_INJECT"
@@ -181,8 +181,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     backbone = model.backbone
     graph_config = GraphConfig(cutoff=backbone.cutoff, max_neighbors=backbone.max_neighbors,
                                properties=tuple(objective.properties), dtype=cfg.train.dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas))
+    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
 
     local_mode = cfg.scaling.num_workers == 0
     checkpoint = ray.train.get_checkpoint()
