@@ -1,6 +1,7 @@
 """The time a rank waits for the others: two DDP ranks (two forked processes in a gloo group), one
 of them late by a known delay. The early rank's measured wait covers the delay, the late rank's does
-not, and the timed hook averages gradients exactly as DDP's own all-reduce."""
+not, backward work that overlaps the all-reduce is not counted as waiting, and the timed hook
+averages gradients exactly as DDP's own all-reduce."""
 
 from __future__ import annotations
 
@@ -29,31 +30,54 @@ def _model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
 
 
-def _rank(rank: int, tmp: str) -> None:
+class _SlowTail(torch.autograd.Function):
+    """Identity whose backward sleeps: on the input's path, it runs after every parameter gradient
+    (the engine runs gradient accumulation first), like the position derivatives of force training."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, seconds: float) -> torch.Tensor:
+        ctx.seconds = seconds
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        time.sleep(ctx.seconds)
+        return grad, None
+
+
+def _rank(rank: int, tmp: str, tail_s: float = 0.0) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     model = _model()
     ddp = DistributedDataParallel(model)
     timer = attach_sync_timer(ddp, torch.device("cpu"))
-    loss = ddp(_inputs()[rank]).pow(2).sum()
+    x = _inputs()[rank].requires_grad_(True)
+    loss = ddp(_SlowTail.apply(x, tail_s) if tail_s else x).pow(2).sum()
     if rank == 1:
         time.sleep(DELAY_S)        # the straggler: rank 0 reaches the all-reduce DELAY_S earlier
+    started = time.perf_counter()
     loss.backward()
+    if tail_s:
+        assert time.perf_counter() - started >= tail_s
     result = {"measures": timer.measures, "wait": timer.take_step(), "after_reset": timer.take_step(),
               "grads": [p.grad.tolist() for p in model.parameters()]}
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
-def test_the_early_rank_waits_for_the_late_one_and_gradients_are_averaged(tmp_path):
+def _two_ranks(tmp_path: Path, tail_s: float = 0.0) -> list[dict]:
     context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_rank, args=(r, str(tmp_path))) for r in range(2)]
+    procs = [context.Process(target=_rank, args=(r, str(tmp_path), tail_s)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
-    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_the_early_rank_waits_for_the_late_one_and_gradients_are_averaged(tmp_path):
+    out = _two_ranks(tmp_path)
     measures, early_wait, after_reset = out[0]["measures"], out[0]["wait"], out[0]["after_reset"]
     late_wait = out[1]["wait"]
     grads0 = [torch.tensor(g) for g in out[0]["grads"]]
@@ -67,6 +91,13 @@ def test_the_early_rank_waits_for_the_late_one_and_gradients_are_averaged(tmp_pa
         (model(x).pow(2).sum() / 2).backward()
     for g0, g1, p in zip(grads0, grads1, model.parameters()):
         assert torch.allclose(g0, p.grad, atol=1e-6) and torch.equal(g0, g1)
+
+
+def test_backward_work_after_the_last_parameter_gradient_is_not_waiting(tmp_path):
+    # each rank's backward goes on for 2 x DELAY_S after its parameter gradients, so the late rank's
+    # all-reduce contribution arrives while the early rank is still computing: nobody waits
+    out = _two_ranks(tmp_path, tail_s=2 * DELAY_S)
+    assert out[0]["wait"] < 0.5 * DELAY_S and out[1]["wait"] < 0.5 * DELAY_S
 
 
 class _SlowSum(PendingSum):
