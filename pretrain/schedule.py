@@ -29,8 +29,9 @@ import torch
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over ``model``'s parameters; fused on CPU and CUDA (module docstring)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over all of ``model``'s parameters (as the checkpoints' optimizer states list them; a
+    frozen one has no gradient and is skipped at each step); fused on CPU and CUDA (module docstring)."""
+    params = list(model.parameters())
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, **({"fused": True} if fused else {}))
 

@@ -50,7 +50,7 @@ class SyncTimer:
         self.measures = measures        # False: nothing is timed (one worker, or CUDA); take_step() gives 0
         self._finished = -float("inf")  # the backward pass ran its last node this step (perf_counter s)
         self._done = -float("inf")      # latest bucket all-reduce completed this step
-        self._counts = 0.0            # seconds waiting for the count sum this step
+        self._counts = 0.0              # seconds waiting for the count sum this step
 
     def hook(self, process_group: dist.ProcessGroup | None,
              bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

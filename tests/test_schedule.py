@@ -37,7 +37,7 @@ def test_plateau_reduces_after_patience_and_resumes_its_state():
     assert resumed.state_dict() == {"best": 0.5, "bad_evals": 0, "reductions": 1} and resumed.lr_at(7) == 0.5
 
 
-def test_fused_adamw_on_cpu_matches_the_reference_and_skips_frozen_parameters():
+def test_fused_adamw_on_cpu_matches_the_reference_and_leaves_frozen_parameters_alone():
     def model() -> torch.nn.Module:
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
@@ -46,9 +46,9 @@ def test_fused_adamw_on_cpu_matches_the_reference_and_skips_frozen_parameters():
 
     fused_model, reference_model = model(), model()
     fused = build_optimizer(fused_model, lr=1e-2, weight_decay=0.05, betas=(0.8, 0.95))
-    reference = torch.optim.AdamW([p for p in reference_model.parameters() if p.requires_grad], lr=1e-2,
-                                  weight_decay=0.05, betas=(0.8, 0.95), foreach=False)
-    assert fused.defaults["fused"] is True and len(fused.param_groups[0]["params"]) == 3
+    reference = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.8, 0.95),
+                                  foreach=False)
+    assert fused.defaults["fused"] is True and len(fused.param_groups[0]["params"]) == 4
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
     for _ in range(5):
         for net, opt in ((fused_model, fused), (reference_model, reference)):
