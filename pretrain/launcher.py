@@ -52,17 +52,18 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
     return env
 
 
-def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
+def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
+    """Start (or join) Ray; True when this started an embedded instance of its own."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     from matforge.pretrain.ray_logging import SETUP_HOOK
 
     runtime_env: dict[str, Any] = {"env_vars": worker_env(cfg), "worker_process_setup_hook": SETUP_HOOK}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
+        return False
     needed = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     cpus = os.cpu_count() or 1
     if needed > cpus:
@@ -74,6 +75,7 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> None:
              log_to_driver=True, configure_logging=True, logging_level="WARNING",
              logging_config=ray.LoggingConfig(log_level="WARNING"),
              _system_config={"worker_niceness": EMBEDDED_WORKER_NICENESS})
+    return True
 
 
 def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool = True,
@@ -83,8 +85,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
     from matforge.pretrain.data_prep import prepare
 
     cfg, provenance = prepare(cfg)
-    if cfg.scaling.num_workers > 0:
-        _init_ray(cfg, address)
+    embedded = _init_ray(cfg, address) if cfg.scaling.num_workers > 0 else False
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -93,7 +94,8 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "provenance": provenance, "launched_at": launched_at},
+        train_loop_config={"config": to_dict(cfg), "provenance": provenance, "launched_at": launched_at,
+                           "embedded_ray": embedded},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),

@@ -28,11 +28,8 @@ since report is a barrier).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -40,17 +37,13 @@ from typing import Any
 
 import torch
 
+from matforge.pretrain.audit import BATCH_LOG_ENV, BatchLog, maybe_inject_fault
 from matforge.pretrain.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from matforge.pretrain.config import PretrainConfig, from_dict
 from matforge.pretrain.distributed import all_reduce_sum, broadcast_json, start_all_reduce_sum
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
 from matforge.pretrain.schedule import LRSchedule, build_optimizer
 from matforge.pretrain.sync_timing import attach_sync_timer
-
-FAULT_ENV = "MATFORGE_FAULT_INJECT"
-"""Fault injection for tests: ``"rank=R,step=S[,mode=kill|raise]"`` SIGKILLs rank R (or raises in
-it) when it reaches step S, once per run (a marker file in the run directory stops it from firing
-again after the restart)."""
 
 
 def build_objective(cfg: PretrainConfig):
@@ -72,47 +65,6 @@ def build_model(cfg: PretrainConfig, objective: Any, elements: list[int]):
     backbone = create(cfg.model.name, **cfg.model.hyperparameters)
     model = AtomisticModel(backbone, objective.build_heads(backbone), elements=elements)
     return model.to(torch.float64 if cfg.train.dtype == "float64" else torch.float32)
-
-
-def _maybe_inject_fault(rank: int, step: int, run_dir: Path) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    fields = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if int(fields.get("rank", -1)) != rank or int(fields.get("step", -1)) != step:
-        return
-    marker = run_dir / f".fault-injected-rank{rank}-step{step}"
-    if marker.exists():
-        return
-    marker.write_text(fields.get("mode", "kill") + "\n")
-    if fields.get("mode", "kill") == "raise":
-        raise RuntimeError(f"fault injection: rank {rank} failed at step {step}")
-    print(f"[matforge] fault injection: SIGKILL rank {rank} at step {step}", flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-BATCH_LOG_ENV = "MATFORGE_BATCH_LOG"
-"""Set to 1 to write ``<run>/batches/rank<r>.jsonl``: which records each step saw (for audits/tests)."""
-
-
-class BatchLog:
-    """Optional audit trail: one JSON line per step with a hash of the batch's record indices."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a", encoding="utf-8")
-
-    def write(self, step: int, epoch: int, batch_index: int, idx: torch.Tensor) -> None:
-        if self.file:
-            digest = hashlib.sha1(idx.cpu().numpy().tobytes()).hexdigest()[:16]
-            self.file.write(json.dumps({"step": step, "epoch": epoch, "batch": batch_index, "idx_sha1": digest}) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
 
 
 class Evaluator:
@@ -263,12 +215,14 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     launched_at = float(payload.get("launched_at", time.time()))
     first_step_logged = False
 
+    idle_helpers = bool(payload.get("embedded_ray")) and cfg.scaling.idle_ray_helpers
+    _idle_ray_helpers(idle_helpers, rank, world, device)
     model.train()
     while state.step < cfg.train.max_steps:
         for batch, wait in _timed(loader):
             t1 = time.perf_counter()
             step = state.step + 1
-            _maybe_inject_fault(rank, step, run_dir)
+            maybe_inject_fault(rank, step, run_dir)
             lr = schedule.step_to(step)
             batch = batch.to(device)
             if prefetch is not None and prefetch_mode == "step":
@@ -300,6 +254,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 logged.update({"lr": lr, "grad_norm": float(grad_norm), "memory/peak_mb": peak_memory_mb(device),
                                "epoch": state.epoch})
                 if not first_step_logged:
+                    _idle_ray_helpers(idle_helpers, rank, world, device)  # helpers Ray started since
                     # wall time from the driver's launch to the end of this attempt's first logged window
                     logged["time/launch_to_first_log_s"] = time.time() - launched_at
                     first_step_logged = True
@@ -342,6 +297,16 @@ def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:
     """
     updates_buffers = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return {"forward_sync_buffers": updates_buffers, "gradient_as_bucket_view": True}
+
+
+def _idle_ray_helpers(enabled: bool, rank: int, world: int, device: torch.device) -> None:
+    """Ray's bookkeeping actors of an embedded instance at idle priority (every rank calls this)."""
+    if enabled:
+        from matforge.pretrain.helper_priority import idle_helpers_of_this_run
+
+        changed = idle_helpers_of_this_run(rank, world, device)
+        if changed:
+            print(f"[matforge] {len(changed)} Ray helper processes set to idle CPU priority", flush=True)
 
 
 def _timed(loader: Any):

@@ -19,7 +19,7 @@ from matforge.datasets.splits import write_splits
 from matforge.datasets.synth import synth_records, write_synth
 from matforge.pretrain.config import load_config
 from matforge.pretrain.launcher import run_pretrain
-from matforge.pretrain.worker import BATCH_LOG_ENV, FAULT_ENV
+from matforge.pretrain.audit import BATCH_LOG_ENV, FAULT_ENV
 
 TINY_PAINN = ["model.name=painn", "model.hyperparameters={hidden: 8, num_interactions: 1, cutoff: 4.0}"]
 

@@ -17,7 +17,7 @@ from matforge.datasets.splits import write_splits
 from matforge.datasets.synth import write_synth
 from matforge.pretrain.config import load_config
 from matforge.pretrain.launcher import EMBEDDED_WORKER_NICENESS, run_pretrain
-from matforge.pretrain.worker import BATCH_LOG_ENV, FAULT_ENV
+from matforge.pretrain.audit import BATCH_LOG_ENV, FAULT_ENV
 
 pytestmark = pytest.mark.integration
 
