@@ -41,7 +41,8 @@ class DataConfig:
     train_split: str | None = None
     val_split: str | None = None
     max_atoms: int = 1024          # atoms per batch on each worker
-    loader_workers: int = 1        # DataLoader processes per training worker (0: in-process)
+    loader_workers: int = -1       # DataLoader processes per training worker (0: in-process; -1: auto,
+                                   # matforge.datasets.prefetch.resolve_loader_workers)
     # loader_workers=0: when a thread of the worker builds the next batch (matforge.datasets.prefetch):
     # auto | step (as the step starts) | backward (while the backward runs) | none
     prefetch_thread: str = "auto"
@@ -175,6 +176,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
             check_cost_weights(cfg.data.balance_weights)
         except ValueError as err:
             raise ConfigError(f"data.balance_weights: {err} (or null: measure them)") from None
+    if cfg.data.loader_workers < -1:
+        raise ConfigError(f"data.loader_workers: must be >= 0, or -1 for auto, got {cfg.data.loader_workers}")
     if cfg.data.prefetch_thread not in PREFETCH_MODES:
         raise ConfigError(f"data.prefetch_thread: {cfg.data.prefetch_thread!r} is not one of {', '.join(PREFETCH_MODES)}")
     if cfg.objective == "combined" and not cfg.data.properties:

@@ -169,21 +169,24 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
     state.world_size = world
+    from matforge.datasets.prefetch import ThreadPrefetch, resolve_loader_workers, resolve_prefetch_mode
+
+    busy_cores = ctx.get_local_world_size() * max(1, cfg.scaling.threads_per_worker)  # training threads here
+    cores = len(os.sched_getaffinity(0))
+    loader_workers = resolve_loader_workers(cfg.data.loader_workers, busy_cores, cores, device.type)
     loader, sampler = make_loader(
         train_records, graph_config, cfg.data.max_atoms, shuffle=True, seed=cfg.train.seed, world_size=world,
-        rank=rank, num_workers=cfg.data.loader_workers, epoch=state.epoch, start_batch=state.batch_index, cost=cost,
+        rank=rank, num_workers=loader_workers, epoch=state.epoch, start_batch=state.batch_index, cost=cost,
         cache_mb=cfg.data.graph_cache_mb, **({"transform": transform} if transform is not None else {}),
     )
-    from matforge.datasets.prefetch import ThreadPrefetch, resolve_prefetch_mode
-
     prefetch: ThreadPrefetch | None = None
-    prefetch_mode = resolve_prefetch_mode(cfg.data.prefetch_thread, cfg.data.loader_workers,
-                                          ctx.get_local_world_size() * max(1, cfg.scaling.threads_per_worker),
-                                          len(os.sched_getaffinity(0)), device.type)
+    prefetch_mode = resolve_prefetch_mode(cfg.data.prefetch_thread, loader_workers, busy_cores, cores, device.type)
     if prefetch_mode != "none":
         loader = prefetch = ThreadPrefetch(loader)
-    if rank == 0 and cfg.data.loader_workers == 0:
-        print(f"[matforge] batches built in-process; prefetch thread: {prefetch_mode}", flush=True)
+    if rank == 0:
+        where = "in-process; prefetch thread: " + prefetch_mode if loader_workers == 0 else \
+            f"by {loader_workers} DataLoader process(es) per worker"
+        print(f"[matforge] batches built {where}", flush=True)
     if len(sampler) == 0:
         raise ValueError(f"{cfg.data.train}: no training batches for rank {rank} of {world} "
                          f"(too few records for {world} workers?)")

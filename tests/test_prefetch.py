@@ -133,3 +133,22 @@ def test_the_config_refuses_an_unknown_mode():
     assert load_config("quickstart", ["data.prefetch_thread=none"]).data.prefetch_thread == "none"
     with pytest.raises(ConfigError, match="data.prefetch_thread: 'eager' is not one of auto, step, backward, none"):
         load_config("quickstart", ["data.prefetch_thread=eager"])
+
+
+def test_loader_workers_auto_leaves_no_loader_process_on_a_full_cpu_node():
+    from matforge.datasets.prefetch import AUTO_LOADER_WORKERS, resolve_loader_workers
+
+    assert resolve_loader_workers(AUTO_LOADER_WORKERS, busy_cores=2, cores=2, device_type="cpu") == 0
+    assert resolve_loader_workers(AUTO_LOADER_WORKERS, busy_cores=3, cores=2, device_type="cpu") == 0
+    assert resolve_loader_workers(AUTO_LOADER_WORKERS, busy_cores=1, cores=2, device_type="cpu") == 1  # a core free
+    assert resolve_loader_workers(AUTO_LOADER_WORKERS, busy_cores=8, cores=4, device_type="cuda") == 1
+    assert resolve_loader_workers(0, busy_cores=1, cores=16, device_type="cpu") == 0   # given values stand
+    assert resolve_loader_workers(3, busy_cores=2, cores=2, device_type="cpu") == 3
+
+
+def test_loader_workers_below_auto_is_a_config_error():
+    from matforge.pretrain.config import ConfigError, load_config
+
+    assert load_config("quickstart", []).data.loader_workers == -1
+    with pytest.raises(ConfigError, match="data.loader_workers"):
+        load_config("quickstart", ["data.loader_workers=-2"])
