@@ -13,8 +13,10 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FAULT_ENV = "MATFORGE_FAULT_INJECT"
 """Fault injection for tests: ``"rank=R,step=S[,mode=kill|raise]"`` SIGKILLs rank R (or raises in
@@ -52,7 +54,7 @@ class BatchLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")
 
-    def write(self, step: int, epoch: int, batch_index: int, idx: torch.Tensor) -> None:
+    def write(self, step: int, epoch: int, batch_index: int, idx: "torch.Tensor") -> None:
         if self.file:
             digest = hashlib.sha1(idx.cpu().numpy().tobytes()).hexdigest()[:16]
             self.file.write(json.dumps({"step": step, "epoch": epoch, "batch": batch_index, "idx_sha1": digest}) + "\n")

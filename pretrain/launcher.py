@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matforge.pretrain.audit import BATCH_LOG_ENV, FAULT_ENV
 from matforge.pretrain.config import PretrainConfig, to_dict
 
-PASSED_ENV = ("MATFORGE_FAULT_INJECT", "MATFORGE_BATCH_LOG")
+PASSED_ENV = (FAULT_ENV, BATCH_LOG_ENV)  # test instruments, passed on to the workers
 
 EMBEDDED_WORKER_NICENESS = 0
 """Scheduling niceness of the workers of an embedded Ray instance. Ray runs its workers at nice 15 so
