@@ -110,7 +110,7 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1    # torch intra-op threads in each worker
-    idle_ray_helpers: bool = True  # embedded Ray: its bookkeeping actors at SCHED_IDLE (pretrain.helper_priority)
+    idle_ray_helpers: bool = True  # embedded Ray: its bookkeeping actors and threads at SCHED_IDLE (pretrain.helper_priority)
 
 
 @dataclass

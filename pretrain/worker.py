@@ -303,13 +303,16 @@ def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def _idle_ray_helpers(enabled: bool, rank: int, world: int, device: torch.device) -> None:
-    """Ray's bookkeeping actors of an embedded instance at idle priority (every rank calls this)."""
+    """Ray's bookkeeping actors of an embedded instance, and each rank's own task-loop thread, at idle
+    priority (every rank calls this)."""
     if enabled:
-        from matforge.pretrain.helper_priority import idle_helpers_of_this_run
+        from matforge.pretrain.helper_priority import idle_helpers_of_this_run, idle_task_loop_thread
 
+        loop_idled = idle_task_loop_thread()
         changed = idle_helpers_of_this_run(rank, world, device)
         if changed:
-            print(f"[matforge] {len(changed)} Ray helper processes set to idle CPU priority", flush=True)
+            print(f"[matforge] {len(changed)} Ray helper processes set to idle CPU priority"
+                  + (" (and each rank's Ray task-loop thread)" if loop_idled else ""), flush=True)
 
 
 def _timed(loader: Any):

@@ -80,3 +80,38 @@ def test_every_thread_of_a_helper_goes_idle(tmp_path):
             os.kill(pid, 9)
         parent.kill()
         parent.wait()
+
+
+TASK_LOOP_PROBE = r"""
+import json, os, threading
+from matforge.pretrain.helper_priority import idle_task_loop_thread
+
+out = {"from_main": idle_task_loop_thread(), "main_after_own_call": os.sched_getscheduler(0)}
+
+def train():
+    out["first"] = idle_task_loop_thread()
+    out["second"] = idle_task_loop_thread()
+    out["trainer"] = os.sched_getscheduler(threading.get_native_id())
+    child = threading.Thread(target=lambda: out.update(child=os.sched_getscheduler(threading.get_native_id())))
+    child.start(); child.join()
+
+t = threading.Thread(target=train); t.start(); t.join()
+out["main"] = os.sched_getscheduler(threading.main_thread().native_id)
+print(json.dumps(out))
+"""
+
+
+def test_task_loop_thread_goes_idle_and_the_training_thread_does_not():
+    """Called from a training thread: the process's main thread (Ray's task loop) goes idle once; the
+    caller and the threads it starts later keep the normal policy; from the main thread: nothing."""
+    import json
+    import sys
+
+    # a child process: the policy of this test process's own main thread could not be undone
+    done = subprocess.run([sys.executable, "-c", TASK_LOOP_PROBE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["from_main"] is False and out["main_after_own_call"] == os.SCHED_OTHER
+    assert out["first"] is True and out["second"] is False
+    assert out["main"] == os.SCHED_IDLE
+    assert out["trainer"] == os.SCHED_OTHER and out["child"] == os.SCHED_OTHER
