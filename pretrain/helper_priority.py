@@ -1,4 +1,4 @@
-"""Ray's bookkeeping processes at idle CPU priority, so that they never preempt a training rank.
+"""Ray's bookkeeping processes and threads at idle CPU priority: they never preempt a rank.
 
 Ray Train V2 starts, beside the training workers, actor processes that do almost nothing during
 training: the controller, a placement-group cleaner, an autoscaling coordinator, a dataset manager
