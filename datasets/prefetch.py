@@ -27,6 +27,13 @@ When to release (``data.prefetch_thread``), as measured on a 2-core VM (quick-st
   processes (``data.loader_workers`` ≥ 1) are the way to feed it;
 * ``none``: build in the training loop, as without this module.
 
+Across epochs (``next_pass``): when a pass ends, the thread calls ``next_pass()`` (the training
+loop's move to the next epoch: ``sampler.set_epoch(epoch + 1, 0)``), starts the next pass and
+builds its first item before it reports the end, so the next ``iter()`` begins with that item
+ready. Without it the first batch of every epoch was built while the rank waited: on the quick
+start's 400 structures (13 steps per epoch with 2 workers) that was ~6 ms per epoch (re-packing
+and balancing the epoch, starting the thread, collating), 90 % of the 2-worker data wait.
+
 The batches, their order and the sampler's position are exactly those of the plain loader: the
 thread consumes the same iterator, one item at a time, and the training loop counts only the
 batches it took. An exception raised while building a batch (a corrupt record, with its file and
@@ -37,7 +44,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -53,11 +60,16 @@ class ThreadPrefetch(Generic[T]):
 
     Each ``iter()`` starts one pass over ``source`` (``iter(source)`` in the thread). Closing the
     iterator early (``break`` out of a ``for`` loop) stops the thread after the item it is building.
+    ``next_pass``: called in the thread when a pass ends, to move ``source`` on to its next pass
+    (the next epoch), whose first item is then built at once and handed out first by the next
+    ``iter()`` (module docstring); the consumer must not move ``source`` on itself.
     """
 
-    def __init__(self, source: Iterable[T]) -> None:
+    def __init__(self, source: Iterable[T], next_pass: Callable[[], None] | None = None) -> None:
         self.source = source
+        self.next_pass = next_pass
         self._go = threading.Event()
+        self._carried: tuple[Iterator[T], tuple[int, Any]] | None = None  # next pass, its first entry
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
@@ -87,23 +99,32 @@ class ThreadPrefetch(Generic[T]):
                     continue
             return False
 
+        def next_entry(items: Iterator[T]) -> tuple[int, Any]:
+            try:
+                return _ITEM, next(items)
+            except StopIteration:
+                return _END, None
+            except BaseException as exc:  # handed to the consumer, raised there
+                return _ERROR, exc
+
         def produce() -> None:
             try:
-                items = iter(self.source)
-                first = True
+                carried, self._carried = self._carried, None
+                items, entry = carried if carried is not None else (None, None)
+                if items is None:
+                    items = iter(self.source)
+                    entry = next_entry(items)
                 while True:
-                    if not first:
-                        if not wait_for(go):
-                            return
-                        go.clear()
-                    first = False
-                    try:
-                        item = next(items)
-                    except StopIteration:
-                        offer((_END, None))
+                    if entry[0] == _END and self.next_pass is not None:
+                        self.next_pass()   # the pass is over: start the next one and build its first item
+                        following = iter(self.source)
+                        self._carried = (following, next_entry(following))
+                    if not offer(entry) or entry[0] != _ITEM:
                         return
-                    if not offer((_ITEM, item)):
+                    if not wait_for(go):
                         return
+                    go.clear()
+                    entry = next_entry(items)
             except BaseException as exc:  # handed to the consumer, raised there
                 offer((_ERROR, exc))
 

@@ -182,7 +182,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     prefetch: ThreadPrefetch | None = None
     prefetch_mode = resolve_prefetch_mode(cfg.data.prefetch_thread, loader_workers, busy_cores, cores, device.type)
     if prefetch_mode != "none":
-        loader = prefetch = ThreadPrefetch(loader)
+        loader = prefetch = ThreadPrefetch(loader, next_pass=lambda: sampler.set_epoch(sampler.epoch + 1, 0))
     if rank == 0:
         where = "in-process; prefetch thread: " + prefetch_mode if loader_workers == 0 else \
             f"by {loader_workers} DataLoader process(es) per worker"
@@ -284,7 +284,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         else:  # this rank's batches of the epoch are exhausted (all ranks have the same count)
             state.epoch += 1
             state.batch_index = 0
-            sampler.set_epoch(state.epoch, 0)
+            if prefetch is None:  # the prefetch thread moved the sampler on already (its next_pass)
+                sampler.set_epoch(state.epoch, 0)
     monitor.close()
     batch_log.close()
 

@@ -111,6 +111,78 @@ def test_the_real_loader_gives_identical_batches(synth_dir):
         assert torch.equal(a.idx, b.idx) and torch.equal(a.pos, b.pos) and torch.equal(a.edge_index, b.edge_index)
 
 
+class Epochs:
+    """A source whose passes are epochs: pass e yields (e, 0), (e, 1), ...; ``advance`` moves it on
+    (what the sampler's ``set_epoch(e + 1, 0)`` does); ``built`` records every item made, and when."""
+
+    def __init__(self, per_epoch: int, fail: tuple[int, int] | None = None) -> None:
+        self.epoch, self.per_epoch, self.fail, self.built = 0, per_epoch, fail, []
+
+    def advance(self) -> None:
+        self.epoch += 1
+
+    def __iter__(self):
+        epoch = self.epoch
+        for k in range(self.per_epoch):
+            if (epoch, k) == self.fail:
+                raise CorruptRecord(f"shard-0001.lmdb: record {k}: no cell")
+            self.built.append((epoch, k))
+            yield epoch, k
+
+
+def test_the_next_epochs_first_item_is_ready_when_a_pass_ends():
+    source = Epochs(3)
+    prefetch = ThreadPrefetch(source, next_pass=source.advance)
+    assert list(prefetch) == [(0, 0), (0, 1), (0, 2)]
+    # by the time the consumer hears the pass ended, the thread moved the source on and built the
+    # next pass's first item (and no more: the rest waits for releases or requests as usual)
+    assert source.epoch == 1 and source.built[-1] == (1, 0) and len(source.built) == 4
+    assert list(prefetch) == [(1, 0), (1, 1), (1, 2)]
+    assert source.built.count((1, 0)) == 1                 # handed over, not built twice
+    seen = []
+    for item in prefetch:                                  # stopping inside a pass carries nothing over
+        seen.append(item)
+        if len(seen) == 2:
+            break
+    assert seen == [(2, 0), (2, 1)] and source.epoch == 2
+    assert not _prefetch_threads()
+
+
+def test_an_error_in_the_next_epochs_first_item_is_raised_in_that_pass():
+    source = Epochs(2, fail=(1, 0))
+    prefetch = ThreadPrefetch(source, next_pass=source.advance)
+    assert list(prefetch) == [(0, 0), (0, 1)]              # this pass ends normally
+    with pytest.raises(CorruptRecord, match="shard-0001.lmdb: record 0: no cell"):
+        next(iter(prefetch))
+
+
+def test_the_real_loader_across_epochs_gives_the_plain_loaders_batches(synth_dir):
+    """Three epochs through the prefetch thread moving the sampler on, against set_epoch by hand."""
+    from matforge.datasets.graphs import GraphConfig
+    from matforge.datasets.loader import make_loader
+    from matforge.datasets.noise import PositionNoise
+    from matforge.datasets.shard_dataset import open_dataset
+
+    records = open_dataset(synth_dir)
+
+    def loader():
+        return make_loader(records, GraphConfig(cutoff=4.0), 48, shuffle=True, seed=3, world_size=2, rank=0,
+                           num_workers=0, epoch=1, start_batch=2,
+                           transform=PositionNoise(0.05, seed=5, equilibrium_only=False))
+
+    plain_loader, plain_sampler = loader()
+    plain = []
+    for epoch in (1, 2, 3):
+        plain.append(list(plain_loader))
+        plain_sampler.set_epoch(epoch + 1, 0)
+    threaded_loader, sampler = loader()
+    prefetch = ThreadPrefetch(threaded_loader, next_pass=lambda: sampler.set_epoch(sampler.epoch + 1, 0))
+    threaded = [list(prefetch) for _ in range(3)]
+    assert [len(p) for p in plain] == [len(t) for t in threaded] and len(plain[1]) > len(plain[0]) > 0
+    for a, b in zip(sum(plain, []), sum(threaded, [])):
+        assert torch.equal(a.idx, b.idx) and torch.equal(a.pos, b.pos) and torch.equal(a.edge_index, b.edge_index)
+
+
 def test_the_mode_follows_the_cores_left_free():
     from matforge.datasets.prefetch import resolve_prefetch_mode
 
