@@ -111,9 +111,9 @@ class ThreadPrefetch(Generic[T]):
 
         def produce() -> None:
             try:
-                carried, self._carried = self._carried, None
-                items, entry = carried if carried is not None else (None, None)
-                if items is None:
+                if self._carried is not None:   # the previous pass built this one's first item
+                    (items, entry), self._carried = self._carried, None
+                else:
                     items = iter(self.source)
                     entry = next_entry(items)
                 while True:
