@@ -26,7 +26,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from matforge.datasets.convert import convert
 from matforge.datasets.errors import SourceError
 from matforge.datasets.readers import detect_format, make_reader
-from matforge.datasets.readers.ase_formats import AseReader, file_kind
+from matforge.datasets.readers.ase_file_kinds import file_kind
+from matforge.datasets.readers.ase_formats import AseReader
 from matforge.datasets.shard_dataset import open_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures"
