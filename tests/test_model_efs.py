@@ -1,4 +1,6 @@
-"""Energy, forces and stress of ``AtomisticModel`` against the physics they must obey (issue 3).
+"""Forces and stress of ``AtomisticModel`` against finite differences, and the model's other physics
+(issue 3); the symmetries are in ``test_model_symmetry.py``, the structures and helpers in
+``efs_physics.py``.
 
 Every check runs in float64 on real structures (mlearn Mo frames, perov5 cells; see
 ``tests/fixtures/physics/README.md``) and on derived cells: a left-handed cell, a 1-atom cell, a
@@ -15,180 +17,21 @@ r_c) the two agree to O(h³) even when a pair sits at the cutoff; ``test_pair_cr
 puts one exactly there.
 
 To add a backbone (e.g. ``cgcnn_attention`` once it has a smooth variant), add its small
-hyper-parameters to ``ARCHS``.
+hyper-parameters to ``efs_physics.ARCHS``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch_geometric.data import Batch
+from efs_physics import (ARCHS, PEROV5, STRUCTURES, assert_close_relative, deform, efs, energy, fd_forces, fd_stress,
+                         graph_batch, make_model, make_record, supercell)
 
 from matforge.datasets.graphs import GraphBuilder
-from matforge.datasets.readers.structures import from_cif_text, from_structure_dict
 from matforge.datasets.record import Record
-from matforge.models.heads import EnergyHead
 from matforge.models.model import AtomisticModel
 from matforge.models.registry import create
-
-FIXTURES = Path(__file__).parent / "fixtures" / "physics"
-CUTOFF = 4.5
-ARCHS = {
-    # avg_neighbors=1: messages undivided, so the random model's forces are O(0.1-1) eV/Å
-    "cgcnn_smooth": dict(hidden=16, num_interactions=2, cutoff=CUTOFF, num_radial=8, avg_neighbors=1.0),
-    "painn": dict(hidden=16, num_interactions=2, cutoff=CUTOFF, num_radial=8),
-}
-WEIGHT_SCALE = 2.0
-RTOL = 1e-4
-FD_STEP = 1e-4  # Å for positions, dimensionless for strain
-
-
-# ----------------------------------------------------------------------------------------------
-# structures
-
-
-def _record(rid: str, numbers, positions, cell, pbc=(True, True, True)) -> Record:
-    return Record(id=rid, numbers=np.asarray(numbers, dtype=np.int64), positions=np.asarray(positions, float),
-                  cell=np.asarray(cell, float), pbc=np.asarray(pbc, dtype=bool))
-
-
-def _mlearn() -> list[Record]:
-    entries = json.loads((FIXTURES / "mlearn_Mo_training_subset.json").read_text())
-    return [_record(f"mlearn-Mo-{e['group']}-{e['num_atoms']}", *from_structure_dict(e["structure"]))
-            for e in entries]
-
-
-def _perov5() -> list[Record]:
-    with open(FIXTURES / "perov5_val_subset.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [_record(f"perov5-{row['material_id']}", *from_cif_text(row["cif"])) for row in rows]
-
-
-def supercell(record: Record, n: tuple[int, int, int]) -> Record:
-    """Tile ``record`` n0×n1×n2 times (atoms of image (a, b, c) follow in blocks)."""
-    images = np.array([(a, b, c) for a in range(n[0]) for b in range(n[1]) for c in range(n[2])], dtype=float)
-    offsets = images @ record.cell
-    positions = (record.positions[None, :, :] + offsets[:, None, :]).reshape(-1, 3)
-    return _record(f"{record.id}-x{n}", np.tile(record.numbers, len(images)), positions,
-                   np.diag(n) @ record.cell)
-
-
-def left_handed(record: Record) -> Record:
-    """The same crystal described by lattice vectors (b, a, c): det(cell) < 0."""
-    return _record(record.id + "-left", record.numbers, record.positions, record.cell[[1, 0, 2]])
-
-
-def one_atom_cell() -> Record:
-    """bcc Mo primitive cell (a = 3.16 Å), sheared by a small symmetric strain: a triclinic 1-atom
-    cell whose stress has all six components."""
-    a = 3.16
-    cell = 0.5 * a * np.array([[-1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
-    strain = np.array([[0.02, 0.015, -0.01], [0.015, -0.01, 0.02], [-0.01, 0.02, 0.03]])
-    return _record("Mo-bcc-1atom-sheared", [42], [[0.3, -0.2, 0.1]], cell @ (np.eye(3) + strain))
-
-
-def deform(record: Record, strain: np.ndarray) -> Record:
-    """Apply ``F = I + strain`` to positions and cell (row vectors), the convention of the model."""
-    f = np.eye(3) + strain
-    return _record(record.id, record.numbers, record.positions @ f, record.cell @ f, record.pbc)
-
-
-def rattle(record: Record, amplitude: float, seed: int) -> Record:
-    rng = np.random.default_rng(seed)
-    return _record(record.id, record.numbers, record.positions + amplitude * rng.standard_normal(record.positions.shape),
-                   record.cell, record.pbc)
-
-
-MLEARN = _mlearn()
-PEROV5 = _perov5()
-# name -> record; the 2-atom bcc frame is rattled (it is a perfect crystal, where forces vanish)
-STRUCTURES = {
-    "mlearn-Mo-AIMD-54": MLEARN[2],
-    "mlearn-Mo-surface-6": MLEARN[1],
-    "mlearn-Mo-bcc-2-rattled": rattle(MLEARN[0], 0.05, seed=1),
-    "perov5-CuCdN3-rattled": rattle(PEROV5[0], 0.05, seed=2),
-    "perov5-VIrO3-left-handed": left_handed(rattle(PEROV5[1], 0.05, seed=3)),
-    "Mo-1-atom": one_atom_cell(),
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# model and evaluation helpers
-
-
-def make_model(arch: str, seed: int = 0) -> AtomisticModel:
-    torch.manual_seed(seed)
-    backbone = create(arch, **ARCHS[arch])
-    with torch.no_grad():
-        for module in backbone.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(WEIGHT_SCALE)
-    head = EnergyHead(backbone.embedding_dim, hidden=16, scale=3.0)
-    return AtomisticModel(backbone, {"energy": head}).double()
-
-
-def graph_batch(records: list[Record], model: AtomisticModel) -> Batch:
-    """Graphs at the model's own cutoff and neighbour limit, float64."""
-    builder = GraphBuilder(cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype="float64")
-    return Batch.from_data_list([builder(r) for r in records])
-
-
-def efs(model: AtomisticModel, record: Record) -> tuple[float, np.ndarray, np.ndarray]:
-    out = model(graph_batch([record], model), forces=True, stress=True)
-    return (float(out["energy"].detach()[0]), out["forces"].detach().numpy(), out["stress"][0].detach().numpy())
-
-
-def energy(model: AtomisticModel, record: Record) -> float:
-    with torch.no_grad():
-        return float(model(graph_batch([record], model))["energy"][0])
-
-
-def fd_forces(model: AtomisticModel, record: Record, components: list[tuple[int, int]]) -> np.ndarray:
-    values = []
-    for atom, axis in components:
-        e = []
-        for sign in (1.0, -1.0):
-            moved = record.positions.copy()
-            moved[atom, axis] += sign * FD_STEP
-            e.append(energy(model, _record(record.id, record.numbers, moved, record.cell, record.pbc)))
-        values.append(-(e[0] - e[1]) / (2 * FD_STEP))
-    return np.array(values)
-
-
-def fd_stress(model: AtomisticModel, record: Record) -> np.ndarray:
-    """σ_ab = (1/|V|) dE/dh along the symmetric strain h (e_a e_bᵀ + e_b e_aᵀ)/2."""
-    volume = abs(np.linalg.det(record.cell))
-    sigma = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            e = []
-            for sign in (1.0, -1.0):
-                strain = np.zeros((3, 3))
-                strain[a, b] += sign * FD_STEP / 2
-                strain[b, a] += sign * FD_STEP / 2
-                e.append(energy(model, deform(record, strain)))
-            sigma[a, b] = sigma[b, a] = (e[0] - e[1]) / (2 * FD_STEP) / volume
-    return sigma
-
-
-def assert_close_relative(analytic: np.ndarray, numeric: np.ndarray, what: str) -> None:
-    """Max deviation <= RTOL × the largest magnitude (components zero by symmetry included)."""
-    scale = np.abs(numeric).max()
-    err = np.abs(analytic - numeric).max()
-    assert err <= RTOL * scale, f"{what}: max error {err:.3e} > {RTOL} × {scale:.3e}"
-
-
-def random_rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
 
 @pytest.fixture(scope="module", params=list(ARCHS))
 def model(request) -> AtomisticModel:
@@ -237,73 +80,6 @@ def test_large_supercell_derivatives_and_extensivity(model):
 
 
 # ----------------------------------------------------------------------------------------------
-# symmetries
-
-
-@pytest.mark.parametrize("name", ["mlearn-Mo-AIMD-54", "perov5-VIrO3-left-handed", "Mo-1-atom"])
-def test_rotation_invariance_and_covariance(model, name):
-    record = STRUCTURES[name]
-    rot = random_rotation(seed=7)
-    rotated = _record(record.id, record.numbers, record.positions @ rot.T, record.cell @ rot.T)
-    e, f, s = efs(model, record)
-    e_r, f_r, s_r = efs(model, rotated)
-    assert e_r == pytest.approx(e, rel=1e-12, abs=1e-12)
-    np.testing.assert_allclose(f_r, f @ rot.T, atol=1e-10)
-    np.testing.assert_allclose(s_r, rot @ s @ rot.T, atol=1e-12)
-
-
-def test_reflection_invariance(model):
-    """Both backbones are O(3)-invariant: the mirror image has the same energy, mirrored forces."""
-    record = STRUCTURES["mlearn-Mo-AIMD-54"]
-    mirror = np.diag([1.0, -1.0, 1.0])
-    mirrored = _record(record.id, record.numbers, record.positions @ mirror, record.cell @ mirror)
-    e, f, s = efs(model, record)
-    e_m, f_m, s_m = efs(model, mirrored)
-    assert e_m == pytest.approx(e, rel=1e-12)
-    np.testing.assert_allclose(f_m, f @ mirror, atol=1e-10)
-    np.testing.assert_allclose(s_m, mirror @ s @ mirror, atol=1e-12)
-
-
-def test_translation_and_permutation_invariance(model):
-    record = STRUCTURES["mlearn-Mo-AIMD-54"]
-    rng = np.random.default_rng(3)
-    e, f, s = efs(model, record)
-    shifted = _record(record.id, record.numbers, record.positions + np.array([1.3, -7.1, 0.4]), record.cell)
-    e_t, f_t, s_t = efs(model, shifted)
-    assert e_t == pytest.approx(e, rel=1e-12)
-    np.testing.assert_allclose(f_t, f, atol=1e-10)
-    np.testing.assert_allclose(s_t, s, atol=1e-12)
-    perm = rng.permutation(record.natoms)
-    permuted = _record(record.id, record.numbers[perm], record.positions[perm], record.cell)
-    e_p, f_p, s_p = efs(model, permuted)
-    assert e_p == pytest.approx(e, rel=1e-12)
-    np.testing.assert_allclose(f_p, f[perm], atol=1e-10)
-    np.testing.assert_allclose(s_p, s, atol=1e-12)
-
-
-def test_left_handed_cell_is_the_same_crystal(model):
-    """Lattice vectors (b, a, c) describe the crystal of (a, b, c): same E, F and stress (|det|)."""
-    right = rattle(PEROV5[1], 0.05, seed=3)
-    left = left_handed(right)
-    assert np.linalg.det(left.cell) < 0 < np.linalg.det(right.cell)
-    e_r, f_r, s_r = efs(model, right)
-    e_l, f_l, s_l = efs(model, left)
-    assert e_l == pytest.approx(e_r, rel=1e-12)
-    np.testing.assert_allclose(f_l, f_r, atol=1e-10)
-    np.testing.assert_allclose(s_l, s_r, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["mlearn-Mo-surface-6", "perov5-CuCdN3-rattled", "Mo-1-atom"])
-def test_supercell_is_extensive(model, name):
-    record = STRUCTURES[name]
-    e, f, s = efs(model, record)
-    e8, f8, s8 = efs(model, supercell(record, (2, 2, 2)))
-    assert e8 == pytest.approx(8 * e, rel=1e-12)
-    np.testing.assert_allclose(f8, np.tile(f, (8, 1)), atol=1e-10)
-    np.testing.assert_allclose(s8, s, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------------------------
 # signs, isolated atoms, batching, element references, training graph
 
 
@@ -323,7 +99,7 @@ def test_stress_sign_follows_ase_convention(model):
 
 
 def test_isolated_atom_has_finite_energy_and_zero_force(model):
-    lonely = _record("Mo-in-a-box", [42], [[1.0, 2.0, 3.0]], 20.0 * np.eye(3))
+    lonely = make_record("Mo-in-a-box", [42], [[1.0, 2.0, 3.0]], 20.0 * np.eye(3))
     batch = graph_batch([lonely], model)
     assert batch.edge_index.shape[1] == 0 and bool(batch.isolated[0])
     out = model(batch, forces=True, stress=True)
@@ -349,7 +125,7 @@ def test_pair_crossing_the_cutoff_is_smooth(model):
     rc = model.cutoff
 
     def dimer(r: float) -> Record:
-        return _record("dimer", [42, 42], [[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0]], box)
+        return make_record("dimer", [42, 42], [[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0]], box)
 
     e_free, f_free, _ = efs(model, dimer(rc + 1e-3))
     assert np.abs(f_free).max() == 0.0
@@ -453,7 +229,7 @@ def test_strain_leaf_for_callers_and_zero_stress_without_a_cell(model):
     np.testing.assert_allclose(grad[0].numpy() / abs(np.linalg.det(record.cell)), stress, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="strain=False contradicts stress=True"):
         model(graph_batch([record], model), stress=True, strain=False)
-    molecule = _record("Mo3", [42, 42, 42], [[0, 0, 0], [2.6, 0, 0], [1.2, 2.1, 0.3]], np.zeros((3, 3)),
+    molecule = make_record("Mo3", [42, 42, 42], [[0, 0, 0], [2.6, 0, 0], [1.2, 2.1, 0.3]], np.zeros((3, 3)),
                        pbc=(False, False, False))
     out = model(graph_batch([molecule], model), forces=True, stress=True)
     assert out["stress"].abs().max() == 0.0
