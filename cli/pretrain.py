@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from matforge.pretrain.launcher import run_pretrain
 
-    result = run_pretrain(cfg, address=args.address, export=not args.no_export, launched_at=launched_at)
+    try:
+        result = run_pretrain(cfg, address=args.address, export=not args.no_export, launched_at=launched_at)
+    except ConfigError as exc:
+        raise SystemExit(f"matforge: error: {exc}")
     print(f"run directory   {result.run_dir}")
     print(f"tensorboard     tensorboard --logdir {result.run_dir / 'tensorboard'}")
     print(f"last checkpoint {result.checkpoint}")

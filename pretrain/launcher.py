@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from matforge.pretrain.audit import BATCH_LOG_ENV, FAULT_ENV
-from matforge.pretrain.config import PretrainConfig, to_dict
+from matforge.pretrain.config import ConfigError, PretrainConfig, to_dict
 
 PASSED_ENV = (FAULT_ENV, BATCH_LOG_ENV)  # test instruments, passed on to the workers
 
@@ -53,6 +53,27 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
     return env
 
 
+def check_local_gpus(cfg: PretrainConfig, address: str | None) -> None:
+    """Refuse a GPU run that this machine cannot hold, before anything starts.
+
+    An embedded Ray instance has only this machine's GPUs. Asked for more (or for any where torch sees
+    none), Ray Train would wait for resources that never come, give up after 60 s and try again, up to
+    ``run.max_failures`` times. A cluster joined with ``--address`` is not checked: it may have (or add)
+    GPU nodes this machine does not see.
+    """
+    if address or not cfg.scaling.use_gpu:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = max(1, cfg.scaling.num_workers)
+    if have < need:
+        raise ConfigError(f"scaling.use_gpu=true with scaling.num_workers={cfg.scaling.num_workers} needs {need} "
+                          f"GPU(s) on this machine, and torch sees {have}"
+                          + (f" (torch {torch.__version__} is a CPU build)" if torch.version.cuda is None else "")
+                          + "; set scaling.use_gpu=false, use fewer workers, or join a GPU cluster with --address")
+
+
 def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
     """Start (or join) Ray; True when this started an embedded instance of its own."""
     import ray
@@ -83,6 +104,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
                  launched_at: float | None = None) -> PretrainResult:
     """Run (or resume) the pre-training ``cfg`` describes; return where its outputs are."""
     launched_at = time.time() if launched_at is None else launched_at
+    check_local_gpus(cfg, address)
     from matforge.pretrain.data_prep import prepare
 
     cfg, provenance = prepare(cfg)
