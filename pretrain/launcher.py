@@ -74,6 +74,18 @@ def check_local_gpus(cfg: PretrainConfig, address: str | None) -> None:
                           + "; set scaling.use_gpu=false, use fewer workers, or join a GPU cluster with --address")
 
 
+def _announce_resume(run_dir: Path, cfg: PretrainConfig, provenance: dict[str, str]) -> None:
+    """Refuse to resume ``run_dir`` under another experiment's settings; say what changed if it resumes."""
+    from matforge.pretrain.resume_check import check_resume
+
+    found = check_resume(run_dir, to_dict(cfg), provenance.get("dataset_manifest_sha256", ""))
+    if found is None:
+        return
+    checkpoint, changes = found
+    print(f"[matforge] {run_dir} has checkpoints: resuming from {checkpoint.name}"
+          + (" with changed settings: " + "; ".join(changes) if changes else ""), flush=True)
+
+
 def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
     """Start (or join) Ray; True when this started an embedded instance of its own."""
     import ray
@@ -108,13 +120,14 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
     from matforge.pretrain.data_prep import prepare
 
     cfg, provenance = prepare(cfg)
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    _announce_resume(run_dir, cfg, provenance)
     embedded = _init_ray(cfg, address) if cfg.scaling.num_workers > 0 else False
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from matforge.pretrain.worker import train_loop_per_worker
 
-    run_dir = Path(cfg.run.storage_path) / cfg.run.name
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "provenance": provenance, "launched_at": launched_at,

@@ -145,6 +145,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             with checkpoint.as_directory() as directory:
                 state = load_checkpoint(Path(directory), model, optimizer)
         objective.apply_fit(model, state.fitted)  # also restores what is not a buffer (model.elements)
+        state.config = payload["config"]  # the driver checked that only free keys changed (pretrain.resume_check)
         if state.world_size != world:
             print(f"[matforge] rank {rank}: resuming a {state.world_size}-worker run on {world} workers; "
                   "batches are dealt anew from the saved epoch position", flush=True)
