@@ -96,7 +96,8 @@ def main() -> int:
             p.grad = None
         loss = objective.loss(module(batch, **options), batch)
         loss.backward()
-        return float(loss.detach()), [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return float(loss.detach()), grads
 
     loss_plain, grads_plain = loss_and_grads(plain, list(plain.parameters()))
     loss_ddp, grads_ddp = loss_and_grads(wrapped, list(model.parameters()))

@@ -38,7 +38,8 @@ def test_workers_against_visible_gpus(tmp_path, monkeypatch, workers, gpus, refu
     _gpus(monkeypatch, gpus)
     cfg = _cfg(tmp_path, "scaling.use_gpu=true", f"scaling.num_workers={workers}")
     if refused:
-        with pytest.raises(ConfigError, match=f"needs {max(1, workers)} GPU\\(s\\) on this machine, and torch sees {gpus}"):
+        expected = f"needs {max(1, workers)} GPU\\(s\\) on this machine, and torch sees {gpus}"
+        with pytest.raises(ConfigError, match=expected):
             check_local_gpus(cfg, None)
     else:
         check_local_gpus(cfg, None)
