@@ -4,7 +4,8 @@ Columns: atoms/s and structures/s (median over the logged windows of the second 
 from TensorBoard's ``throughput/*``, summed over ranks), peak GPU memory allocated by
 PyTorch (``memory/peak_mb``, MiB) and the most nvidia-smi saw in use (MiB, CUDA context included),
 mean GPU utilisation (%) over the nvidia-smi samples from the first logged step to the end of the
-run, the final validation MAEs, and the DDP check's verdict.
+run, the seconds from the command to the first logged window (``time/launch_to_first_log_s``), the
+final validation MAEs, and the DDP check's verdict.
 
     python3 benchmarks/gpu_summary.py OUT_DIR RUNS_DIR
 """
@@ -45,7 +46,7 @@ def smi_samples(path: Path, first: int, end: int) -> list[tuple[float, float]]:
 
 def main(out: Path, runs: Path) -> int:
     header = ("max_atoms", "atoms/s", "structs/s", "peak_alloc_MiB", "smi_max_MiB", "util_%",
-              "E/atom MAE", "F MAE", "S MAE", "exit")
+              "to_1st_log_s", "E/atom MAE", "F MAE", "S MAE", "exit")
     lines = ["  ".join(f"{h:>13}" for h in header)]
     for run in csv.DictReader((out / "runs.tsv").open(), delimiter="\t"):
         atoms = run["max_atoms"]
@@ -67,7 +68,8 @@ def main(out: Path, runs: Path) -> int:
         atoms_per_s = median("throughput/atoms_per_s")
         structures_per_s = median("throughput/structures_per_s")
         row = (atoms, f"{atoms_per_s:,.0f}", f"{structures_per_s:,.0f}", f"{peak:,.0f}",
-               f"{smi_max:,.0f}", f"{util:.0f}", f"{last('val/energy_per_atom_mae'):.4f}",
+               f"{smi_max:,.0f}", f"{util:.0f}", f"{last('time/launch_to_first_log_s'):.1f}",
+               f"{last('val/energy_per_atom_mae'):.4f}",
                f"{last('val/forces_mae'):.4f}", f"{last('val/stress_mae'):.5f}", run["exit"])
         lines.append("  ".join(f"{c:>13}" for c in row))
     ddp = (out / "ddp_step.txt").read_text().strip().splitlines() if (out / "ddp_step.txt").exists() else []

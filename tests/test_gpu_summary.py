@@ -27,6 +27,7 @@ def _write_run(runs: Path, name: str, atoms_per_s: list[float], peak_mb: list[fl
         writer.add_scalar("throughput/atoms_per_s", rate, step)
         writer.add_scalar("throughput/structures_per_s", rate / 10, step)
         writer.add_scalar("memory/peak_mb", peak, step)
+    writer.add_scalar("time/launch_to_first_log_s", 17.3, 20)
     writer.add_scalar("val/energy_per_atom_mae", 0.0123, 20 * len(atoms_per_s))
     writer.add_scalar("val/forces_mae", 0.0456, 20 * len(atoms_per_s))
     writer.add_scalar("val/stress_mae", 0.00078, 20 * len(atoms_per_s))
@@ -46,8 +47,8 @@ def test_table_figures(summary, tmp_path, capsys):
     assert summary.main(out, runs) == 0
     lines = capsys.readouterr().out.splitlines()
     first = lines[1].split()
-    assert first[:7] == ["512", "8,000", "800", "70", "1,700", "80", "0.0123"]
-    assert first[7:] == ["0.0456", "0.00078", "0"]
+    assert first[:8] == ["512", "8,000", "800", "70", "1,700", "80", "17.3", "0.0123"]
+    assert first[8:] == ["0.0456", "0.00078", "0"]
     second = lines[2].split()
     # run 2: the median over step > 40 of [1000]*4; one readable smi line (40 %, 2000 MiB); exit 1
     assert second[:6] == ["4096", "1,000", "100", "900", "2,000", "40"] and second[-1] == "1"
@@ -62,5 +63,5 @@ def test_missing_samples_and_check_read_as_nan(summary, tmp_path, capsys):
     (out / "runs.tsv").write_text("max_atoms\tsmi_first_step\tsmi_end\texit\n512\t0\t0\t0\n")
     assert summary.main(out, runs) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[4:6] == ["nan", "nan"]
+    assert lines[1].split()[4:6] == ["nan", "nan"] and lines[1].split()[6] == "17.3"
     assert lines[-1] == "ddp gpu check: not run"
