@@ -6,8 +6,7 @@
 #   -> .device_bundle/  (git-ignored; pass it to the device run in `carry`; must stay under 64 MiB)
 #
 # Contents:
-#   *.whl                 matforge itself and the packages the pre-training path imports that such an
-#                         image lacks (lmdb, vesin, omegaconf, Ray's own needs: jsonschema, pydantic, ...),
+#   *.whl                 the packages the pre-training path imports that such an image lacks (lmdb, vesin, omegaconf, Ray's own needs: jsonschema, pydantic, ...),
 #                         for CPython 3.12 on manylinux x86-64
 #   ray-<v>-trimmed.tar.xz  Ray's wheel unpacked without what a Ray Train job never loads (the Java
 #                         jars, RLlib, Serve, the LLM libraries, the dashboard's web client): the
@@ -26,7 +25,6 @@ fetch() { python -m pip download -q --no-deps --only-binary=:all: --python-versi
           "${platforms[@]}" -d "$out" "$@"; }
 fetch lmdb vesin "omegaconf>=2.4" jsonschema jsonschema-specifications referencing rpds-py pydantic pydantic-core \
       annotated-types typing-inspection tensorboardX
-python -m pip wheel -q --no-deps --no-build-isolation -w "$out" .   # matforge (pure Python)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

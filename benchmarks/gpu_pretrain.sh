@@ -7,7 +7,7 @@
 #   there: run(command="bash benchmarks/gpu_pretrain.sh", carry=[".device_bundle"], timeout_s=540)
 # On any machine with the bundle's Python (3.12), GPU_CHECK_DEVICE=cpu tries the same steps on the CPU.
 #
-# Steps: install the bundle into $SITE; print the GPU and versions; benchmarks/gpu_ddp_step.py
+# Steps: install the bundle and this working tree's matforge into $SITE; print the GPU and versions; benchmarks/gpu_ddp_step.py
 # (GPU against CPU, DDP on NCCL against the plain step); then `matforge pretrain --config efs` with
 # 1 worker and 1 GPU at each atom budget in GPU_CHECK_MAX_ATOMS (default 512 4096 16384 atoms per
 # batch), GPU_CHECK_STEPS steps each (default 400), nvidia-smi sampled every 250 ms throughout;
@@ -26,6 +26,9 @@ mkdir -p "$out" && rm -rf "$runs"
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
     "$bundle"/*.whl || exit 1
+# matforge from this working tree (not from the bundle), so the check runs the code as it is now
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$site" . || exit 1
 tar -C "$site" -xJf "$bundle"/ray-*-trimmed.tar.xz || exit 1
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 { nvidia-smi || echo "nvidia-smi: not available"
