@@ -20,6 +20,7 @@ from typing import Any
 
 from matforge.pretrain.audit import BATCH_LOG_ENV, FAULT_ENV
 from matforge.pretrain.config import ConfigError, PretrainConfig, to_dict
+from matforge.pretrain.report_commit import EMBEDDED_POLL_INTERVAL_S
 
 PASSED_ENV = (FAULT_ENV, BATCH_LOG_ENV)  # test instruments, passed on to the workers
 
@@ -105,6 +106,8 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
               f"machine's {cpus} cores; oversubscribing", flush=True)
     # an embedded instance has no spot nodes to be preempted: skip Train's preemption-watcher actor
     runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # the controller collects reports (and so registers checkpoints) at each poll (pretrain.report_commit)
+    runtime_env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(EMBEDDED_POLL_INTERVAL_S)
     ray.init(num_cpus=max(cpus, int(needed + 0.999)), include_dashboard=False, runtime_env=runtime_env,
              log_to_driver=True, configure_logging=True, logging_level="WARNING",
              logging_config=ray.LoggingConfig(log_level="WARNING"),

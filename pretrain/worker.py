@@ -349,10 +349,13 @@ def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, 
 
     import ray.train
 
+    from matforge.pretrain.report_commit import wait_until_report_taken
+
     finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     report = {"step": state.step, "epoch": state.epoch, **finite}
     if rank != 0:
         ray.train.report(report)
+        wait_until_report_taken()  # the checkpoint is registered only once every rank's report is taken
         return
     card_provenance = {**provenance, "objective": cfg.objective, "steps": state.step, "metrics": finite,
                        "normalisation": state.fitted, "run": cfg.run.name}
@@ -371,3 +374,4 @@ def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, 
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp), model, optimizer, state, provenance=card_provenance)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    wait_until_report_taken()

@@ -70,6 +70,8 @@ def test_sigkilled_worker_recovers_and_rerun_resumes(ray_session, emt_dir: Path,
     streamed = "".join(capfd.readouterr())
     # progress streams to the driver from rank 0 only; Ray Train's per-report and cleaner chatter does not
     assert streamed.count("[matforge] step 2/12 ") == 1, streamed[-3000:]
+    # the checkpoint of step 8, reported two steps before the kill, was registered (pretrain.report_commit)
+    assert "[matforge] resumed at step 8 " in streamed, streamed[-3000:]
     assert "Reporting training result" not in streamed
     # the step balance's weights were measured once, on both ranks together, and kept in the checkpoint
     assert streamed.count("[matforge] step balance: ") == 1, streamed[-3000:]
