@@ -39,7 +39,7 @@ def child_step_rate(data: str, config: str, overrides: list[str], steps: int, se
     from matforge.datasets.sampler import AtomBudgetBatchSampler
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.pretrain.config import load_config
-    from matforge.pretrain.schedule import build_optimizer
+    from matforge.training.schedule import build_optimizer
     from matforge.pretrain.worker import build_model, build_objective
 
     cfg = load_config(config, [f"data.train={data}", "data.train_split=null", "data.val=null", "data.val_split=null",

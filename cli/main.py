@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "matforge.cli.export",
     "matforge.cli.import_cgcnn",
     "matforge.cli.predict",
+    "matforge.cli.finetune",
+    "matforge.cli.backbones",
     "matforge.cli.bench",
 ]
 

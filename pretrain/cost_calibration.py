@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from matforge.pretrain.checkpoint import TrainState
+    from matforge.training.checkpoint import TrainState
     from matforge.pretrain.config import PretrainConfig
 
 MIN_VARIABLE_SHARE = 0.01

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matforge.pretrain.checkpoint import MODEL_DIR, STATE_FILE, read_state
+from matforge.training.checkpoint import MODEL_DIR, STATE_FILE, read_state
 
 
 def find_checkpoint(path: str | Path) -> Path:

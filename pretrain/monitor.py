@@ -31,24 +31,13 @@ from typing import Any
 import torch
 
 from matforge.pretrain.distributed import all_reduce_sum
+from matforge.training.tensorboard import flatten, open_writer
 
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict → ``{"a.b": v}`` with TensorBoard-friendly leaves (numbers, strings, bools)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, (int, float, bool, str)) or value is None:
-        out[prefix] = "None" if value is None else value
-    else:
-        out[prefix] = str(value)
-    return out
 
 
 class ThroughputMeter:
@@ -171,10 +160,7 @@ class Monitor:
         self.max_steps = max_steps
         self.writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            log_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step + 1 if start_step > 0 else None)
+            self.writer = open_writer(log_dir, purge_step=start_step + 1 if start_step > 0 else None)
 
     def hparams(self, config: dict[str, Any], fitted: dict[str, Any]) -> None:
         if not self.writer:

@@ -67,7 +67,7 @@ def check_resume(run_dir: Path, current: dict[str, Any], data_sha256: str) -> tu
 
     Raises :class:`~matforge.pretrain.config.ConfigError` naming the run, the checkpoint and every
     fixed key that changed, or the data whose content changed."""
-    from matforge.pretrain.checkpoint import read_state
+    from matforge.training.checkpoint import read_state
     from matforge.pretrain.export import find_checkpoint
 
     if not run_dir.is_dir():

@@ -38,11 +38,11 @@ from typing import Any
 import torch
 
 from matforge.pretrain.audit import BATCH_LOG_ENV, BatchLog, maybe_inject_fault
-from matforge.pretrain.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from matforge.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from matforge.pretrain.config import PretrainConfig, from_dict
 from matforge.pretrain.distributed import all_reduce_sum, broadcast_json, start_all_reduce_sum
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
-from matforge.pretrain.schedule import LRSchedule, build_optimizer
+from matforge.training.schedule import LRSchedule, build_optimizer
 from matforge.pretrain.sync_timing import attach_sync_timer
 
 

@@ -17,7 +17,7 @@ from matforge.datasets.loader import GraphDataset
 from matforge.datasets.shard_dataset import open_dataset
 from matforge.datasets.step_balance import cost_features, neighbours_per_atom, structure_costs
 from matforge.pretrain import cost_calibration
-from matforge.pretrain.checkpoint import TrainState
+from matforge.training.checkpoint import TrainState
 from matforge.pretrain.config import ConfigError, load_config
 from matforge.pretrain.cost_calibration import (calibrate_cost_weights, calibration_groups, count_pairs,
                                                 fit_cost_weights, run_balance_weights, time_training_steps)

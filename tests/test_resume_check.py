@@ -9,7 +9,7 @@ import pytest
 
 from matforge.datasets.splits import write_splits
 from matforge.datasets.synth import write_synth
-from matforge.pretrain.checkpoint import read_state
+from matforge.training.checkpoint import read_state
 from matforge.pretrain.config import ConfigError, load_config, to_dict
 from matforge.pretrain.export import find_checkpoint
 from matforge.pretrain.launcher import run_pretrain

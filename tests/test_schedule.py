@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from matforge.pretrain.schedule import LRSchedule, build_optimizer
+from matforge.training.schedule import LRSchedule, build_optimizer
 
 
 def _optimizer() -> torch.optim.Optimizer:

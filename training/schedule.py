@@ -14,6 +14,8 @@ For step t (1-based), warm-up W, total T, peak lr η and floor ratio ρ::
     plateau   η_t = η · f^k   where k counts validations without improvement of the tracked metric
               beyond ``patience`` (each time the patience runs out, k += 1 and the count restarts)
 
+A parameter group with ``lr_scale`` s gets ``s · η_t`` (fine-tuning's layer-wise decay).
+
 The schedule is a pure function of (step, plateau state), so resuming restores it exactly from the
 step and :meth:`LRSchedule.state_dict`.
 """
@@ -27,13 +29,24 @@ from typing import Any
 import torch
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+def build_optimizer(model: torch.nn.Module | list[dict[str, Any]], lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
     """AdamW over all of ``model``'s parameters (as the checkpoints' optimizer states list them; a
-    frozen one has no gradient and is skipped at each step); fused on CPU and CUDA (module docstring)."""
-    params = list(model.parameters())
+    frozen one has no gradient and is skipped at each step); fused on CPU and CUDA (module docstring).
+
+    ``model`` may instead be a list of parameter groups ``{"params": [...], "lr_scale": s, ...}``:
+    each group's learning rate is then ``s`` times the schedule's (layer-wise decay in fine-tuning).
+    """
+    if isinstance(model, torch.nn.Module):
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    else:
+        groups = [dict(g, params=list(g["params"])) for g in model if list(g["params"])]
+    for group in groups:
+        group.setdefault("lr_scale", 1.0)
+        group["lr"] = lr * float(group["lr_scale"])
+    params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, **({"fused": True} if fused else {}))
 
 
 @dataclass
@@ -65,9 +78,11 @@ class LRSchedule:
         return self.peak_lr
 
     def step_to(self, step: int) -> float:
+        """Set each param group's lr to the schedule's at ``step`` times the group's ``lr_scale``
+        (1 when absent); return the schedule's lr."""
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_scale", 1.0))
         return lr
 
     def observe(self, metric: float) -> None:
