@@ -244,6 +244,16 @@ class CGCNNHead(Head):
         spec["mean"], spec["std"] = float(self.mean[0]), float(self.std[0])
         return spec
 
+    def set_normalization(self, mean: Any, std: Any) -> None:
+        """Set the regression normaliser (the target's units); one value, or a one-element list."""
+        mean_v = float(mean[0] if isinstance(mean, (list, tuple)) else mean)
+        std_v = float(std[0] if isinstance(std, (list, tuple)) else std)
+        if not std_v > 0:
+            raise ValueError(f"normaliser std must be positive, got {std_v}")
+        self.mean.fill_(mean_v)
+        self.std.fill_(std_v)
+        self._spec.update(mean=mean_v, std=std_v)
+
     def forward(self, out: BackboneOutput, inputs: GraphInputs) -> dict[str, Tensor]:
         from torch_geometric.utils import scatter
 

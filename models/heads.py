@@ -174,13 +174,19 @@ class PropertyHead(Head):
 
     names: property names (P). pooling: "mean" (intensive) or "sum" (extensive).
     mean, std: per-property normaliser (default 0 and 1), stored as buffers and in the spec.
+    task: "regression", or "classification": binary labels, ``logits`` (B, P) = pool(MLP(h)) and
+    ``properties`` = sigmoid(logits), the probability of class 1 (the normaliser is not used).
     """
 
     kind = "property"
 
     def __init__(self, in_dim: int, names: Sequence[str], pooling: str = "mean", hidden: int = 64,
-                 num_layers: int = 1, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 num_layers: int = 1, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 task: str = "regression") -> None:
         super().__init__()
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        self.task = task
         names = [str(n) for n in names]
         if not names:
             raise ValueError("PropertyHead needs at least one property name")
@@ -197,6 +203,8 @@ class PropertyHead(Head):
             raise ValueError(f"std must be positive, got {std}")
         self._spec = {"in_dim": in_dim, "names": names, "pooling": pooling, "hidden": hidden,
                       "num_layers": num_layers, "mean": mean, "std": std}
+        if task != "regression":  # cards written before the field existed stay readable and equal
+            self._spec["task"] = task
         self.names = names
         self.pooling = pooling
         self.mlp = mlp(in_dim, hidden, p, num_layers)
@@ -220,4 +228,6 @@ class PropertyHead(Head):
         if self.pooling == "mean":
             counts = torch.bincount(inputs.batch, minlength=inputs.num_graphs).clamp_min(1)
             raw = raw / counts.unsqueeze(-1).to(raw.dtype)
+        if self.task == "classification":
+            return {"properties": torch.sigmoid(raw), "logits": raw}
         return {"properties": self.mean + self.std * raw}
