@@ -88,7 +88,8 @@ def finetune(backbone: str | os.PathLike, data: str | os.PathLike | Sequence[str
     from matforge.finetune.data_source import prepare_data
     from matforge.finetune.graph_store import GraphStore
     from matforge.finetune.model_setup import (attach_head, check_elements, keep_new_embeddings_trainable,
-                                               load_parent, model_energies_without_refs, refit_element_references)
+                                               load_parent, model_energies_without_refs, record_training_elements,
+                                               refit_element_references)
     from matforge.finetune.objective import TaskObjective
     from matforge.finetune.outputs import (check_target, json_safe, parity_plot, publish, staging_dir,
                                            write_history, write_json, write_predictions)
@@ -116,7 +117,9 @@ def finetune(backbone: str | os.PathLike, data: str | os.PathLike | Sequence[str
     model, parent = load_parent(backbone, arch, hyperparameters, seed)
     model = model.float()
     where = str(dataset.directory)
-    new_elements = check_elements(model, view_elements(dataset) or dataset.manifest.elements, allow_new_elements, where)
+    data_elements = view_elements(dataset) or dataset.manifest.elements
+    new_elements = check_elements(model, data_elements, allow_new_elements, where)
+    record_training_elements(model, data_elements)
     dropped = attach_head(model, task, str(target), pooling, units)
     config = GraphConfig(cutoff=model.backbone.cutoff, max_neighbors=model.backbone.max_neighbors,
                          properties=() if task == "potential" else (str(target),), dtype="float32", on_isolated="flag")

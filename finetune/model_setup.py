@@ -206,6 +206,13 @@ def check_elements(model: "AtomisticModel", data_elements: list[int], allow_new:
     return new
 
 
+def record_training_elements(model: "AtomisticModel", data_elements: list[int]) -> None:
+    """A model with a learned embedding table knows only the elements it was trained on: one whose
+    parent had no list (scratch) records the data's, so a later run refuses others."""
+    if not model.elements and _embedding_tables(model):
+        model.elements = sorted(int(z) for z in data_elements)
+
+
 def keep_new_embeddings_trainable(model: "AtomisticModel") -> list[torch.nn.Parameter]:
     """After freezing: embedding tables with fresh rows train those rows only (gradient mask).
     Returns the parameters re-enabled (train them without weight decay)."""

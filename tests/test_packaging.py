@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP_FOLDERS = ["cli", "datasets", "models", "pretrain", "finetune", "cluster"]
+TOP_FOLDERS = ["cli", "datasets", "models", "training", "pretrain", "finetune", "cluster"]
 SUBPACKAGES = sorted(
     str(init.parent.relative_to(ROOT)).replace(os.sep, ".")
     for top in TOP_FOLDERS for init in (ROOT / top).rglob("__init__.py")
@@ -43,7 +43,7 @@ def test_every_command_is_registered() -> None:
     from matforge.cli.main import build_parser
 
     top = _choices(build_parser())
-    assert sorted(top) == sorted(["data", "pretrain", "export", "import-cgcnn", "predict", "bench"])
+    assert sorted(top) == sorted(["data", "pretrain", "export", "import-cgcnn", "predict", "finetune", "backbones", "bench"])
     assert sorted(_choices(top["data"])) == ["convert", "inspect", "split", "synth"]
     assert sorted(_choices(top["bench"])) == ["balance", "data", "pretrain", "train"]
 

@@ -14,6 +14,7 @@ from matforge.datasets.readers.base import RawItem, Reader
 
 # name -> "module:Class", in the order auto-detection tries them (most specific first).
 READERS: dict[str, str] = {
+    "shards": "matforge.datasets.readers.shards:ShardDirectoryReader",
     "cgcnn": "matforge.datasets.readers.cgcnn_folder:CgcnnFolderReader",
     "mptrj": "matforge.datasets.readers.mptrj:MptrjReader",
     "matbench": "matforge.datasets.readers.matbench:MatbenchReader",
