@@ -111,6 +111,7 @@ def finetune(backbone: str | os.PathLike, data: str | os.PathLike | Sequence[str
     out_path = check_target(out, overwrite) if out is not None else None
     if threads:
         torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)  # every random draw below (fresh heads, new embedding rows) repeats for a seed
 
     dataset = prepare_data(data, format, options, cache_dir, verbose=progress)
     views = select_splits(dataset, split, split_group, seed, train_size)
