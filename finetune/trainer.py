@@ -43,13 +43,13 @@ class TrainOptions:
     (also the plateau schedule's patience / 2); ema_decay: None (off) or e.g. 0.99."""
 
     epochs: int = 300
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_epochs: int = 5
     schedule: str = "cosine"
     min_lr_ratio: float = 0.01
-    patience: int = 50
+    patience: int = 100
     ema_decay: float | None = None
     grad_clip: float = 10.0
     seed: int = 0
