@@ -141,7 +141,7 @@ def load_parent(spec: str | os.PathLike, arch: str | None = None,
     heads = {name: build_head(head.spec()) for name, head in reference.heads.items()}
     parent = Parent("none", "none", architecture=ref_parent.architecture,
                     card={"provenance": {"source": f"random weights, architecture of {arch}"}})
-    return AtomisticModel(backbone, heads, elements=reference.elements).float(), parent
+    return AtomisticModel(backbone, heads, elements=reference.elements), parent
 
 
 def attach_head(model: "AtomisticModel", task: str, target: str, pooling: str = "mean", units: str = "",

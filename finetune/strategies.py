@@ -100,15 +100,12 @@ class Strategy:
                 p.requires_grad_(False)
         if self.reinit_rest:
             frozen_ids = {id(m) for m in frozen}
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(seed)
-            try:
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored afterwards
+                torch.random.default_generator.manual_seed(seed)
                 for name, modules in model.backbone.freeze_groups():
                     for module in modules:
                         if id(module) not in frozen_ids:
                             reset_parameters(module)
-            finally:
-                torch.random.set_rng_state(generator_state)
         self._frozen = frozen
 
     def set_train_mode(self, model: nn.Module, training: bool = True) -> None:

@@ -206,7 +206,7 @@ def test_load_parent_none_copies_a_released_architecture_with_fresh_weights():
     ours_spec, theirs_spec = model.heads["cgcnn"].spec(), released.heads["cgcnn"].spec()
     for key in ("kind", "in_dim", "h_fea_len", "n_h", "task", "target", "units"):
         assert ours_spec[key] == theirs_spec[key], key
-    for key in ("mean", "std"):          # exact equality: see the xfail test below
+    for key in ("mean", "std"):
         assert ours_spec[key] == pytest.approx(theirs_spec[key], rel=1e-7), key
     assert model.elements == released.elements
     assert "cgcnn-formation-energy" in parent.provenance()["source"]
@@ -222,10 +222,6 @@ def test_load_parent_none_copies_a_released_architecture_with_fresh_weights():
     assert not torch.equal(other.state_dict()["backbone.embedding.weight"], ours["backbone.embedding.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_parent('none', arch=<backbone>) ends with .float(), which casts "
-                   "CGCNNHead's float64 normaliser buffers (mean, std) to float32: the scratch model's head spec "
-                   "and buffers differ from the parent's (mean -1.699178719088435 -> -1.699178695678711), so "
-                   "'scratch' and 'pre-trained' differ in more than the initial weights")
 def test_load_parent_none_copies_the_head_normaliser_exactly():
     released, _ = load_parent("cgcnn-formation-energy")
     model, _ = load_parent("none", arch="cgcnn-formation-energy")

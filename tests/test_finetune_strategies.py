@@ -214,9 +214,6 @@ def test_reset_parameters_redraws_every_submodule():
     assert torch.equal(module[2].weight.detach(), torch.ones(2)) and torch.equal(module[2].running_mean, torch.zeros(2))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Strategy.apply with reinit_rest calls torch.manual_seed(seed), which "
-                   "also reseeds every accelerator generator (torch.cuda.manual_seed_all(seed)), but restores only "
-                   "the CPU generator's state: on a GPU machine the global CUDA RNG state is changed")
 def test_reinit_rest_leaves_the_accelerator_generators_alone(monkeypatch):
     reseeded: list[int] = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(int(seed)))

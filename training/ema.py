@@ -29,11 +29,16 @@ class WeightEMA:
         self.decay = float(decay)
         self._source = model
         self._averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        # the construction copy is the average's start: the first update blends (torch would copy again)
+        self._averaged.n_averaged.fill_(1)
 
     @torch.no_grad()
     def update(self) -> None:
-        """Fold the source model's current weights into the average."""
+        """Fold the source model's current weights into the average; copy integer buffers."""
         self._averaged.update_parameters(self._source)
+        for mine, theirs in zip(self._averaged.module.buffers(), self._source.buffers()):
+            if not mine.is_floating_point():
+                mine.copy_(theirs)
 
     @property
     def module(self) -> nn.Module:

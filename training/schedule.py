@@ -40,7 +40,7 @@ def build_optimizer(model: torch.nn.Module | list[dict[str, Any]], lr: float, we
     if isinstance(model, torch.nn.Module):
         groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     else:
-        groups = [dict(g, params=list(g["params"])) for g in model if list(g["params"])]
+        groups = [g for g in (dict(g, params=list(g["params"])) for g in model) if g["params"]]
     for group in groups:
         group.setdefault("lr_scale", 1.0)
         group["lr"] = lr * float(group["lr_scale"])
