@@ -23,7 +23,6 @@ import concurrent.futures as cf
 import datetime as _dt
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import uuid
@@ -37,6 +36,7 @@ import numpy as np
 from matforge.datasets.codec import encode
 from matforge.datasets.errors import RecordError, SourceError
 from matforge.datasets.manifest import INDEX_NAME, SKIPPED_NAME, Manifest, ShardInfo
+from matforge.datasets.publish import publish, staging_beside
 from matforge.datasets.readers import Reader, make_reader
 from matforge.datasets.record import Record, validate
 from matforge.datasets.shards import ShardWriter, file_sha256, shard_name
@@ -235,17 +235,10 @@ def convert(
     readers = [make_reader(s, fmt, options) for s in sources]
     names = [str(s) for s in sources]
 
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    staging = staging_beside(out)
     try:
         report = _write(readers, names, staging, workers, shard_size, progress, command, records)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, trash)
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        publish(staging, out)
         report.out = out
         return report
     except BaseException:

@@ -91,7 +91,7 @@ def finetune(backbone: str | os.PathLike, data: str | os.PathLike | Sequence[str
                                                load_parent, model_energies_without_refs, record_training_elements,
                                                refit_element_references)
     from matforge.finetune.objective import TaskObjective
-    from matforge.finetune.outputs import (check_target, json_safe, parity_plot, publish, staging_dir,
+    from matforge.finetune.outputs import (check_target, json_safe, parity_plot, publish, staging_beside,
                                            write_history, write_json, write_predictions)
     from matforge.finetune.split_select import select_splits
     from matforge.finetune.strategies import Strategy, count_parameters
@@ -167,7 +167,7 @@ def finetune(backbone: str | os.PathLike, data: str | os.PathLike | Sequence[str
     if trainable == 0:
         raise FinetuneError(f"strategy {plan} leaves no weight to train")
 
-    staging = staging_dir(out_path) if out_path is not None else None
+    staging = staging_beside(out_path) if out_path is not None else None
     try:
         writer = None
         if staging is not None and tensorboard:

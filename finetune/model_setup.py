@@ -48,7 +48,6 @@ import torch
 from matforge.finetune.errors import FinetuneError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matforge.datasets.shard_dataset import ShardDataset
     from matforge.models.model import AtomisticModel
 
 CGCNN_FAMILY = ("cgcnn", "cgcnn_attention")

@@ -24,14 +24,16 @@ import csv
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from matforge.datasets.publish import publish, staging_beside
 from matforge.finetune.errors import FinetuneError
+
+__all__ = ["check_target", "staging_beside", "publish", "json_safe", "write_json", "write_predictions",
+           "write_history", "parity_plot"]
 
 
 def check_target(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -40,24 +42,6 @@ def check_target(out: str | os.PathLike, overwrite: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FinetuneError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     return out
-
-
-def staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Rename the complete ``staging`` folder to ``out`` (replacing an old one only now)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 def json_safe(value: Any) -> Any:

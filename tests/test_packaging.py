@@ -45,7 +45,7 @@ def test_every_command_is_registered() -> None:
     top = _choices(build_parser())
     assert sorted(top) == sorted(["data", "pretrain", "export", "import-cgcnn", "predict", "finetune", "backbones", "bench"])
     assert sorted(_choices(top["data"])) == ["convert", "inspect", "split", "synth"]
-    assert sorted(_choices(top["bench"])) == ["balance", "data", "pretrain", "train"]
+    assert sorted(_choices(top["bench"])) == ["balance", "data", "finetune", "pretrain", "train"]
 
 
 @pytest.fixture(scope="module")
