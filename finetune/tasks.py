@@ -231,9 +231,10 @@ def _perov5(target: str, units: str, description: str) -> Task:
 
 def _mlearn(element: str) -> Task:
     folder = f"mlearn/{element}"
-    return Task(name=f"mlearn_{element}", units="eV (energy), eV/Å (forces)", pooling="sum",
+    return Task(name=f"mlearn_{element}", units="eV/atom", pooling="sum",
                 description=f"mlearn {element}: DFT energies and forces of non-equilibrium configurations "
-                            "(Zuo et al. 2020), trained on training.json, tested on test.json",
+                            "(Zuo et al. 2020), trained on training.json, tested on test.json; MAE = energy "
+                            "per atom (eV/atom), forces_mae in results.csv (eV/Å)",
                 protocol="given_split", folds=1,
                 sources=(Source((f"{folder}/training.json",), "mlearn", "energy_forces",
                                 url=MLEARN_URL.format(element=element),

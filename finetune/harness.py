@@ -1,0 +1,615 @@
+"""The fine-tuning benchmark grid: expand, run in parallel processes, resume, write ``results.csv``.
+
+A grid is backbone × task × fold × training size × strategy × seed; each cell is one fine-tuning run
+(:func:`matforge.finetune.api.finetune` by default; the runner is injectable). A scratch baseline
+(``none``: the architecture of the first pre-trained backbone with random weights; ``none:ARCH``
+names an architecture or a backbone to copy) runs only the ``full`` strategy, since freezing random
+layers measures nothing.
+
+Layout of ``OUT/``::
+
+    results.csv                 one row per finished or failed cell of this grid (RESULT_COLUMNS)
+    bench.json                  the tasks (data files, sha256, units, protocol) and the settings
+    splits/<task>/fold<k>.json  record ids of each fold's test, validation and nested training order
+    cells/<key>/metrics.json    a finished cell: its key, settings (+ fingerprint) and metrics
+    cells/<key>/error.json      a failed cell: the error and traceback (re-run on the next call)
+    cells/<key>/run/            the fine-tuning run's own output (predictions.csv, card, ...)
+
+Resuming: a cell whose ``metrics.json`` exists is read, not re-run; a failed cell is run again. A
+finished cell whose settings (data, split, backbone, hyper-parameters) differ from this call's is
+refused before anything runs: that is another experiment, for another ``--out``.
+
+Parallelism: ``jobs`` worker processes (``ProcessPoolExecutor``, spawn context, at most ``jobs``
+cells in flight), each cell with ``threads=1`` so that ``jobs`` cells share the cores; ``jobs=1``
+runs in this process with the API's default threads. A cell's exception is recorded and the grid
+goes on; a worker that dies (out of memory) fails the cells in flight and a new pool continues.
+``results.csv`` is rewritten after every finished cell (``.partial`` + ``os.replace``).
+
+The data of each task is converted once, in this process, before any cell runs (into the
+content-keyed cache of :func:`matforge.finetune.data_source.prepare_data`); cells get the shard
+directory and explicit record-id splits (:mod:`matforge.finetune.folds`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from matforge.finetune.folds import DEFAULT_VAL_FRACTION, FoldSplit, fold_numbers, make_folds
+from matforge.finetune.tasks import Source, Task
+
+SCRATCH = "none"
+SCRATCH_STRATEGY = "full"
+STRATEGY_ORDER = ("freeze:1", "freeze:2", "freeze:3", "full")
+DEFAULT_STRATEGIES = ("full", "freeze:1", "freeze:2", "freeze:3")
+RESULT_COLUMNS = ("task", "backbone", "arch", "fold", "size", "strategy", "seed", "status",
+                  "mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae",
+                  "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters", "best_epoch",
+                  "wall_s", "fit_wall_s", "units", "key", "error")
+"""``results.csv`` columns: the cell, ``status`` (ok | failed), the test metrics (in ``units``; ``mae``
+is energy per atom for potentials, ``forces_mae`` eV/Å), sizes, parameters, ``wall_s`` (the whole
+cell, s) and ``fit_wall_s`` (the API's own timing), the cell ``key`` and the first line of an error."""
+METRIC_COLUMNS = {"mae": "test_mae", "rmse": "test_rmse", "r2": "test_r2", "roc_auc": "test_roc_auc",
+                  "accuracy": "test_accuracy", "forces_mae": "test_forces_mae"}
+PASSED_THROUGH = ("val_mae", "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters",
+                  "best_epoch")
+
+
+class BenchError(RuntimeError):
+    """A grid that cannot run as asked (bad names, changed settings of finished cells)."""
+
+
+# -- backbones and cells -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A ``--backbones`` entry: its label in tables, what ``finetune`` gets, and (scratch) the arch."""
+
+    label: str
+    backbone: str
+    arch: str | None = None
+
+    @property
+    def scratch(self) -> bool:
+        return self.backbone == SCRATCH
+
+
+def parse_backbones(names: Sequence[str]) -> list[BackboneSpec]:
+    """``["cgcnn-formation-energy", "none", "none:painn"]`` -> specs; plain ``none`` copies the
+    architecture of the first pre-trained backbone."""
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise BenchError("no backbones given")
+    if len(set(names)) != len(names):
+        raise BenchError(f"a backbone is listed twice: {names}")
+    pretrained = [n for n in names if n != SCRATCH and not n.startswith(SCRATCH + ":")]
+    specs = []
+    for name in names:
+        if name == SCRATCH:
+            if not pretrained:
+                raise BenchError("`none` copies the architecture of a pre-trained backbone in --backbones; "
+                                 "with none given, name one: none:cgcnn")
+            specs.append(BackboneSpec(name, SCRATCH, pretrained[0]))
+        elif name.startswith(SCRATCH + ":"):
+            arch = name.split(":", 1)[1]
+            if not arch:
+                raise BenchError("`none:` needs an architecture or backbone after the colon")
+            specs.append(BackboneSpec(name, SCRATCH, arch))
+        else:
+            specs.append(BackboneSpec(name, name, None))
+    return specs
+
+
+def scratch_for(backbone: BackboneSpec, specs: Sequence[BackboneSpec]) -> BackboneSpec | None:
+    """The scratch baseline a pre-trained backbone is compared with: the one that copies it, else
+    the first scratch entry."""
+    scratches = [s for s in specs if s.scratch]
+    for s in scratches:
+        if s.arch == backbone.backbone:
+            return s
+    return scratches[0] if scratches else None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+
+
+def backbone_slug(label: str) -> str:
+    """A file-name-safe name for a backbone label; paths get their base name + a short hash."""
+    if "/" in label or os.sep in label:
+        base = Path(label.rstrip("/")).name
+        for suffix in (".pth.tar", ".tar", ".pth"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        return f"{slug(base)}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+    safe = slug(label)
+    return safe if safe == label else f"{safe}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+
+
+def size_label(size: int | None) -> str:
+    return "all" if size is None else str(int(size))
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One fine-tuning run of the grid. ``size`` None = the fold's whole training part."""
+
+    task: str
+    backbone: str
+    fold: int
+    size: int | None
+    strategy: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return "__".join([slug(self.task), backbone_slug(self.backbone), f"fold{self.fold}",
+                          f"n{size_label(self.size)}", slug(self.strategy.replace(":", "")), f"seed{self.seed}"])
+
+
+def expand_grid(tasks: Sequence[str], backbones: Sequence[BackboneSpec], folds: dict[str, list[int]],
+                sizes: dict[str, list[int | None]], strategies: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
+    """Every cell, task-major then size, fold, backbone, strategy, seed; scratch only ``full``."""
+    if len(set(strategies)) != len(strategies):
+        raise BenchError(f"a strategy is listed twice: {list(strategies)}")
+    cells = []
+    for task in tasks:
+        for size in sizes[task]:
+            for fold in folds[task]:
+                for bb in backbones:
+                    for strategy in ([SCRATCH_STRATEGY] if bb.scratch else strategies):
+                        for seed in seeds:
+                            cells.append(Cell(task, bb.label, fold, size, strategy, int(seed)))
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise BenchError("two cells map to one directory name; rename a backbone")
+    return cells
+
+
+# -- task data -----------------------------------------------------------------------------------
+
+@dataclass
+class TaskData:
+    """A task's converted data: what cells read, the record ids in dataset order and the folds."""
+
+    task: Task
+    data: str
+    ids: list[str]
+    groups: np.ndarray | None = None
+    test_positions: np.ndarray | None = None
+    source: Source | None = None
+    files: list[str] = field(default_factory=list)
+    dataset_id: str = ""
+    splits: dict[int, FoldSplit] = field(default_factory=dict)
+    file_sha256: list[str] = field(default_factory=list)
+
+
+Loader = Callable[[Task, "Path | None", "str | None"], TaskData]
+
+
+def load_task_data(task: Task, data_root: Path | None, cache_dir: str | None = None) -> TaskData:
+    """Convert (or open from the cache) a task's data with the fine-tuning data source."""
+    from matforge.datasets.shards import file_sha256
+    from matforge.finetune.data_source import prepare_data, record_ids
+
+    source, files, tests = task.resolve(data_root)
+    paths = [str(p) for p in files + tests]
+    ds = prepare_data(paths if len(paths) > 1 else paths[0], format=source.format, cache_dir=cache_dir)
+    ids = [str(i) for i in record_ids(ds)]
+    if len(set(ids)) != len(ids):
+        raise BenchError(f"task {task.name!r}: record ids are not unique in {paths}")
+    if task.protocol == "matbench_kfold":
+        skipped = int(getattr(ds.manifest, "num_skipped", 0) or 0)
+        if skipped or (task.num_records is not None and len(ids) != task.num_records):
+            raise BenchError(f"task {task.name!r}: the Matbench folds are defined over all "
+                             f"{task.num_records or '?'} rows in order, but {paths[0]} gave {len(ids)} records "
+                             f"({skipped} skipped)")
+    test_positions = None
+    if tests:
+        test_paths = [str(p) for p in tests]
+        test_data = prepare_data(test_paths if len(test_paths) > 1 else test_paths[0], format=source.format,
+                                 cache_dir=cache_dir)
+        test_ids = {str(i) for i in record_ids(test_data)}
+        test_positions = np.array([k for k, i in enumerate(ids) if i in test_ids], dtype=np.int64)
+        if len(test_positions) != len(test_ids):
+            raise BenchError(f"task {task.name!r}: test records of {tests} are not all in the combined data")
+    return TaskData(task, str(ds.directory), ids, np.asarray(ds.trajectory_codes), test_positions, source,
+                    paths, getattr(ds.manifest, "dataset_id", ""), file_sha256=[file_sha256(p) for p in paths])
+
+
+# -- the cell spec and the runners -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything one cell's run needs; plain data, so it crosses to a worker process."""
+
+    cell: Cell
+    backbone: str
+    arch: str | None
+    data: str
+    target: str
+    kind: str
+    pooling: str
+    split: dict[str, list[str]]
+    out: str
+    hyper: dict[str, Any]
+    threads: int | None
+    units: str
+
+
+Runner = Callable[[CellSpec], dict]
+
+
+def run_with_finetune(spec: CellSpec) -> dict:
+    """The default runner: one :func:`matforge.finetune.api.finetune` call."""
+    from matforge.finetune.api import finetune
+
+    kwargs: dict[str, Any] = {k: v for k, v in spec.hyper.items() if v is not None}
+    return finetune(spec.backbone, spec.data, spec.target, spec.out, arch=spec.arch, task=spec.kind,
+                    pooling=spec.pooling, units=spec.units, strategy=spec.cell.strategy, split=spec.split,
+                    seed=spec.cell.seed, threads=spec.threads, progress=False, tensorboard=False, **kwargs)
+
+
+def _execute(runner: Runner, spec: CellSpec) -> tuple[dict | None, str | None, float]:
+    """Run one cell, catching its exception (the worker must not die with it)."""
+    t0 = time.perf_counter()
+    try:
+        metrics = runner(spec)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"the runner returned {type(metrics).__name__}, not a dict of metrics")
+        return metrics, None, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - recorded, the grid goes on
+        text = f"{type(exc).__name__}: {exc}\n" + traceback.format_exc()
+        return None, text, time.perf_counter() - t0
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
+    """``results.csv`` with :data:`RESULT_COLUMNS`, written atomically."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    """Rows of a ``results.csv`` with numbers parsed (empty -> None)."""
+    integers = {"fold", "seed", "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters",
+                "best_epoch"}
+    floats = {"mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae", "wall_s", "fit_wall_s"}
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "" or v is None:
+                    row[k] = None
+                elif k in integers:
+                    row[k] = int(float(v))
+                elif k in floats:
+                    row[k] = float(v)
+                else:
+                    row[k] = v
+            rows.append(row)
+    return rows
+
+
+def result_row(cell: Cell, arch: str | None, units: str, metrics: dict | None, wall_s: float | None,
+               error: str | None) -> dict:
+    """One ``results.csv`` row from a cell's metrics (or its error)."""
+    row: dict[str, Any] = {"task": cell.task, "backbone": cell.backbone, "arch": arch or "", "fold": cell.fold,
+                           "size": size_label(cell.size), "strategy": cell.strategy, "seed": cell.seed,
+                           "key": cell.key, "units": units, "wall_s": wall_s,
+                           "status": "ok" if error is None else "failed",
+                           "error": "" if error is None else error.strip().splitlines()[0][:300]}
+    metrics = metrics or {}
+    for column, name in METRIC_COLUMNS.items():
+        row[column] = metrics.get(name)
+    for name in PASSED_THROUGH:
+        row[name] = metrics.get(name)
+    row["fit_wall_s"] = metrics.get("wall_s")
+    if metrics.get("units"):
+        row["units"] = metrics["units"]
+    return row
+
+
+# -- the grid --------------------------------------------------------------------------------------
+
+@dataclass
+class BenchSettings:
+    """Settings of a grid run that are not grid axes. ``None`` hyper-parameters = the API's defaults."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    patience: int | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float | None = None
+    jobs: int = 1
+    data_root: Path | None = None
+    cache_dir: str | None = None
+
+    def hyper(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "patience": self.patience}
+
+
+def _ids_digest(split: dict[str, list[str]]) -> str:
+    h = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        h.update(name.encode() + b"\0" + "\0".join(split[name]).encode() + b"\1")
+    return h.hexdigest()[:16]
+
+
+def cell_settings(spec: CellSpec, dataset_id: str) -> dict[str, Any]:
+    """What makes a cell's result what it is (compared when resuming)."""
+    return {"backbone": spec.backbone, "arch": spec.arch, "data": dataset_id or spec.data, "target": spec.target,
+            "kind": spec.kind, "pooling": spec.pooling, "strategy": spec.cell.strategy, "seed": spec.cell.seed,
+            "split": _ids_digest(spec.split), "hyper": {k: v for k, v in sorted(spec.hyper.items())}}
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    tasks: dict[str, TaskData]
+    ran: int
+    reused: int
+    failed: int
+
+
+Progress = Callable[[str], None]
+
+
+def build_specs(cells: Sequence[Cell], backbones: Sequence[BackboneSpec], data: dict[str, TaskData], out: Path,
+                settings: BenchSettings) -> list[CellSpec]:
+    by_label = {b.label: b for b in backbones}
+    threads = 1 if settings.jobs > 1 else None
+    specs = []
+    for cell in cells:
+        td = data[cell.task]
+        split = td.splits[cell.fold]
+        bb = by_label[cell.backbone]
+        ids = td.ids
+        specs.append(CellSpec(
+            cell=cell, backbone=bb.backbone, arch=bb.arch, data=td.data, target=td.source.target if td.source else "y",
+            kind=td.task.kind, pooling=td.task.pooling,
+            split={"train": [ids[i] for i in split.train(cell.size)], "val": [ids[i] for i in split.val],
+                   "test": [ids[i] for i in split.test]},
+            out=str(out / "cells" / cell.key / "run"), hyper=settings.hyper(), threads=threads, units=td.task.units))
+    return specs
+
+
+def _write_splits(out: Path, td: TaskData) -> None:
+    for fold, split in td.splits.items():
+        write_json_atomic(out / "splits" / slug(td.task.name) / f"fold{fold}.json", {
+            "task": td.task.name, "protocol": td.task.protocol, "fold": fold,
+            "test": [td.ids[i] for i in split.test], "val": [td.ids[i] for i in split.val],
+            "train_order": [td.ids[i] for i in split.train_order]})
+
+
+def _task_info(td: TaskData) -> dict[str, Any]:
+    t = td.task
+    return {"name": t.name, "description": t.description, "units": t.units, "kind": t.kind, "pooling": t.pooling,
+            "protocol": t.protocol, "target": td.source.target if td.source else None,
+            "format": td.source.format if td.source else None, "files": td.files, "data": td.data,
+            "dataset_id": td.dataset_id, "records": len(td.ids),
+            "file_sha256": td.file_sha256,
+            "url": td.source.url if td.source else "", "sha256": td.source.sha256 if td.source else None,
+            "checksum_note": td.source.checksum_note if td.source else "",
+            "source_note": td.source.note if td.source else "",
+            "references": [asdict(r) for r in t.references]}
+
+
+def _load_finished(path: Path, settings: dict) -> tuple[dict, list[str]]:
+    """``(stored metrics.json, differences)`` of a finished cell; differences non-empty when the
+    settings it was run with are not ``settings``."""
+    stored = json.loads(path.read_text())
+    old = stored.get("settings", {})
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    return stored, diffs
+
+
+def run_grid(specs: Sequence[CellSpec], out: Path, runner: Runner, jobs: int, dataset_ids: dict[str, str],
+             progress: Progress = print) -> tuple[list[dict], int, int, int]:
+    """Run the cells not finished yet; returns ``(rows in grid order, ran, reused, failed)``."""
+    rows: dict[str, dict] = {}
+    order = [s.cell.key for s in specs]
+    todo: list[CellSpec] = []
+    changed: list[str] = []
+    settings_of = {s.cell.key: cell_settings(s, dataset_ids.get(s.cell.task, "")) for s in specs}
+    for spec in specs:
+        metrics_path = out / "cells" / spec.cell.key / "metrics.json"
+        if metrics_path.exists():
+            stored, diffs = _load_finished(metrics_path, settings_of[spec.cell.key])
+            if diffs:
+                changed.append(f"{spec.cell.key} ({'; '.join(diffs)})")
+                continue
+            rows[spec.cell.key] = result_row(spec.cell, spec.arch, spec.units, stored.get("metrics"),
+                                             stored.get("wall_s"), None)
+        else:
+            todo.append(spec)
+    if changed:
+        shown = "\n  ".join(changed[:5]) + (f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise BenchError(f"{len(changed)} finished cell(s) in {out} were run with other settings:\n  {shown}\n"
+                         "that is another experiment: use another --out (or delete those cells)")
+    reused = len(rows)
+    results_path = out / "results.csv"
+
+    def finish(spec: CellSpec, metrics: dict | None, error: str | None, wall: float) -> None:
+        cell_dir = out / "cells" / spec.cell.key
+        if error is None:
+            write_json_atomic(cell_dir / "metrics.json", {"key": spec.cell.key, "cell": asdict(spec.cell),
+                                                          "settings": settings_of[spec.cell.key],
+                                                          "wall_s": wall, "metrics": metrics})
+            (cell_dir / "error.json").unlink(missing_ok=True)
+        else:
+            write_json_atomic(cell_dir / "error.json", {"key": spec.cell.key, "cell": asdict(spec.cell),
+                                                        "wall_s": wall, "error": error})
+        rows[spec.cell.key] = result_row(spec.cell, spec.arch, spec.units, metrics, wall, error)
+        write_results_csv(results_path, [rows[k] for k in order if k in rows])
+        done = len(rows) - reused
+        what = "failed: " + error.strip().splitlines()[0][:160] if error else _headline(rows[spec.cell.key])
+        progress(f"[{done}/{len(todo)}] {spec.cell.task} {spec.cell.backbone} fold {spec.cell.fold} "
+                 f"n={size_label(spec.cell.size)} {spec.cell.strategy} seed {spec.cell.seed}: {what} ({wall:.1f} s)")
+
+    def prepare(spec: CellSpec) -> None:
+        run_dir = Path(spec.out)
+        if run_dir.exists():  # left by an attempt that did not finish
+            shutil.rmtree(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    if todo:
+        progress(f"{len(todo)} cell(s) to run, {reused} finished already, {jobs} job(s)")
+    write_results_csv(results_path, [rows[k] for k in order if k in rows])
+    if jobs <= 1:
+        for spec in todo:
+            prepare(spec)
+            finish(spec, *_execute(runner, spec))
+    else:
+        _run_pool(todo, runner, jobs, prepare, finish)
+    failed = sum(1 for r in rows.values() if r["status"] != "ok")
+    return [rows[k] for k in order if k in rows], len(todo), reused, failed
+
+
+def _headline(row: dict) -> str:
+    if row.get("mae") is not None:
+        return f"MAE {row['mae']:.4g} {row.get('units') or ''}".rstrip()
+    if row.get("roc_auc") is not None:
+        return f"ROC-AUC {row['roc_auc']:.4f}"
+    return "done"
+
+
+def _run_pool(todo: Sequence[CellSpec], runner: Runner, jobs: int, prepare: Callable[[CellSpec], None],
+              finish: Callable[[CellSpec, dict | None, str | None, float], None]) -> None:
+    """At most ``jobs`` cells in flight in spawned workers; a broken pool is replaced."""
+    import multiprocessing
+
+    queue = list(todo)
+    context = multiprocessing.get_context("spawn")
+    while queue:
+        executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        in_flight: dict[Future, tuple[CellSpec, float]] = {}
+        broken = False
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < jobs and not broken:
+                    spec = queue.pop(0)
+                    prepare(spec)
+                    in_flight[executor.submit(_execute, runner, spec)] = (spec, time.perf_counter())
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec, t0 = in_flight.pop(future)
+                    try:
+                        finish(spec, *future.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        finish(spec, None, "BrokenProcessPool: a worker process died (out of memory?) while "
+                                           "this cell was in flight", time.perf_counter() - t0)
+                if broken and not in_flight:
+                    break
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+
+
+def run_bench(*, backbones: Sequence[str], tasks: Sequence[str], strategies: Sequence[str] = DEFAULT_STRATEGIES,
+              folds: int | Sequence[int] | None = None, train_sizes: Sequence[int | None] | None = None,
+              seeds: int | Sequence[int] = 1, out: str | os.PathLike, settings: BenchSettings | None = None,
+              runner: Runner = run_with_finetune, loader: Loader = load_task_data,
+              progress: Progress = print, info: dict | None = None) -> BenchResult:
+    """Prepare each task's data and folds, expand the grid and run what is not finished.
+
+    ``seeds``: a count (seeds ``0..n-1``) or the seeds. ``train_sizes``: None = each task's own
+    sizes (None in a list = the whole training part). ``folds``: None = the protocol's folds, an int
+    = the first N, or a list. ``info`` is stored in ``bench.json`` (the command line, say)."""
+    from matforge.finetune.tasks import default_data_root, get_task, with_overrides
+
+    settings = settings or BenchSettings()
+    if settings.data_root is None:
+        settings.data_root = default_data_root()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs_bb = parse_backbones(backbones)
+    strategies = [s.strip() for s in strategies if s.strip()]
+    if not strategies:
+        raise BenchError("no strategies given")
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    task_objs: list[Task] = []
+    for name in tasks:
+        try:
+            task_objs.append(with_overrides(get_task(name), test_fraction=settings.test_fraction))
+        except KeyError as exc:
+            raise BenchError(str(exc.args[0])) from None
+    names = [t.name for t in task_objs]
+    if len(set(names)) != len(names):
+        raise BenchError(f"a task is listed twice: {names}")
+    data: dict[str, TaskData] = {}
+    fold_map: dict[str, list[int]] = {}
+    size_map: dict[str, list[int | None]] = {}
+    for task in task_objs:
+        fold_map[task.name] = fold_numbers(task, folds)
+        progress(f"task {task.name}: preparing data")
+        td = loader(task, settings.data_root, settings.cache_dir)
+        td.splits = {s.fold: s for s in make_folds(task, len(td.ids), fold_map[task.name],
+                                                   val_fraction=settings.val_fraction, groups=td.groups,
+                                                   test_positions=td.test_positions)}
+        available = min(s.available() for s in td.splits.values())
+        sizes = list(task.train_sizes) if train_sizes is None else list(train_sizes)
+        too_big = [s for s in sizes if s is not None and s > available]
+        if too_big:
+            progress(f"task {task.name}: training size(s) {too_big} exceed the {available} training records of a "
+                     "fold; those cells use all of them (train_size in results.csv says how many)")
+        size_map[task.name] = sizes
+        data[task.name] = td
+        _write_splits(out, td)
+        progress(f"task {task.name}: {len(td.ids)} records, protocol {task.protocol}, folds {fold_map[task.name]}, "
+                 f"sizes {[size_label(s) for s in sizes]}")
+    write_json_atomic(out / "bench.json", {"info": info or {}, "settings": {**asdict(settings), "data_root": str(
+        settings.data_root) if settings.data_root else None}, "backbones": [asdict(b) for b in specs_bb],
+        "strategies": strategies, "seeds": seed_list, "tasks": {n: _task_info(td) for n, td in data.items()}})
+    cells = expand_grid(names, specs_bb, fold_map, size_map, strategies, seed_list)
+    specs = build_specs(cells, specs_bb, data, out, settings)
+    rows, ran, reused, failed = run_grid(specs, out, runner, settings.jobs,
+                                         {n: td.dataset_id for n, td in data.items()}, progress)
+    return BenchResult(rows, data, ran, reused, failed)
