@@ -113,7 +113,7 @@ def docs_section(task: str, rows: Sequence[dict], bench: dict, *, command: str, 
 
 def update_docs_section(path: str | os.PathLike, task: str, body: str) -> Path:
     """Put ``body`` between the task's markers in ``path`` (atomically), keeping the rest of the file."""
-    from matforge.finetune.harness import write_text_atomic
+    from matforge.finetune.bench_results import write_text_atomic
 
     path = Path(path)
     text = path.read_text() if path.exists() else DOCS_TITLE

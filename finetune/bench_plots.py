@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from matforge.finetune.harness import slug
+from matforge.finetune.bench_grid import slug
 from matforge.finetune.report import (aggregate, backbone_specs, metric_of, ordered_strategies, row_label,
                                       size_sort_key)
 

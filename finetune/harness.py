@@ -1,10 +1,8 @@
-"""The fine-tuning benchmark grid: expand, run in parallel processes, resume, write ``results.csv``.
+"""Running a fine-tuning benchmark grid: prepare data and folds, run cells in parallel, resume.
 
-A grid is backbone × task × fold × training size × strategy × seed; each cell is one fine-tuning run
-(:func:`matforge.finetune.api.finetune` by default; the runner is injectable). A scratch baseline
-(``none``: the architecture of the first pre-trained backbone with random weights; ``none:ARCH``
-names an architecture or a backbone to copy) runs only the ``full`` strategy, since freezing random
-layers measures nothing.
+A grid is backbone × task × fold × training size × strategy × seed (:mod:`.bench_grid`: cells,
+keys, the scratch baseline); each cell is one fine-tuning run (:func:`matforge.finetune.api.finetune`
+by default; the runner is injectable). Files are written by :mod:`.bench_results`.
 
 Layout of ``OUT/``::
 
@@ -32,11 +30,9 @@ directory and explicit record-id splits (:mod:`matforge.finetune.folds`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import traceback
@@ -44,139 +40,25 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from matforge.finetune.bench_grid import (DEFAULT_STRATEGIES, SCRATCH, SCRATCH_STRATEGY, STRATEGY_ORDER,
+                                          BackboneSpec, BenchError, Cell, backbone_slug, expand_grid,
+                                          parse_backbones, scratch_for, size_label, slug)
+from matforge.finetune.bench_results import (RESULT_COLUMNS, headline, read_results_csv, result_row,
+                                             write_json_atomic, write_results_csv, write_text_atomic)
 from matforge.finetune.folds import DEFAULT_VAL_FRACTION, FoldSplit, fold_numbers, make_folds
 from matforge.finetune.tasks import Source, Task
 
-SCRATCH = "none"
-SCRATCH_STRATEGY = "full"
-STRATEGY_ORDER = ("freeze:1", "freeze:2", "freeze:3", "full")
-DEFAULT_STRATEGIES = ("full", "freeze:1", "freeze:2", "freeze:3")
-RESULT_COLUMNS = ("task", "backbone", "arch", "fold", "size", "strategy", "seed", "status",
-                  "mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae",
-                  "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters", "best_epoch",
-                  "wall_s", "fit_wall_s", "units", "key", "error")
-"""``results.csv`` columns: the cell, ``status`` (ok | failed), the test metrics (in ``units``; ``mae``
-is energy per atom for potentials, ``forces_mae`` eV/Å), sizes, parameters, ``wall_s`` (the whole
-cell, s) and ``fit_wall_s`` (the API's own timing), the cell ``key`` and the first line of an error."""
-METRIC_COLUMNS = {"mae": "test_mae", "rmse": "test_rmse", "r2": "test_r2", "roc_auc": "test_roc_auc",
-                  "accuracy": "test_accuracy", "forces_mae": "test_forces_mae"}
-PASSED_THROUGH = ("val_mae", "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters",
-                  "best_epoch")
-
-
-class BenchError(RuntimeError):
-    """A grid that cannot run as asked (bad names, changed settings of finished cells)."""
-
-
-# -- backbones and cells -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A ``--backbones`` entry: its label in tables, what ``finetune`` gets, and (scratch) the arch."""
-
-    label: str
-    backbone: str
-    arch: str | None = None
-
-    @property
-    def scratch(self) -> bool:
-        return self.backbone == SCRATCH
-
-
-def parse_backbones(names: Sequence[str]) -> list[BackboneSpec]:
-    """``["cgcnn-formation-energy", "none", "none:painn"]`` -> specs; plain ``none`` copies the
-    architecture of the first pre-trained backbone."""
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise BenchError("no backbones given")
-    if len(set(names)) != len(names):
-        raise BenchError(f"a backbone is listed twice: {names}")
-    pretrained = [n for n in names if n != SCRATCH and not n.startswith(SCRATCH + ":")]
-    specs = []
-    for name in names:
-        if name == SCRATCH:
-            if not pretrained:
-                raise BenchError("`none` copies the architecture of a pre-trained backbone in --backbones; "
-                                 "with none given, name one: none:cgcnn")
-            specs.append(BackboneSpec(name, SCRATCH, pretrained[0]))
-        elif name.startswith(SCRATCH + ":"):
-            arch = name.split(":", 1)[1]
-            if not arch:
-                raise BenchError("`none:` needs an architecture or backbone after the colon")
-            specs.append(BackboneSpec(name, SCRATCH, arch))
-        else:
-            specs.append(BackboneSpec(name, name, None))
-    return specs
-
-
-def scratch_for(backbone: BackboneSpec, specs: Sequence[BackboneSpec]) -> BackboneSpec | None:
-    """The scratch baseline a pre-trained backbone is compared with: the one that copies it, else
-    the first scratch entry."""
-    scratches = [s for s in specs if s.scratch]
-    for s in scratches:
-        if s.arch == backbone.backbone:
-            return s
-    return scratches[0] if scratches else None
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-
-
-def backbone_slug(label: str) -> str:
-    """A file-name-safe name for a backbone label; paths get their base name + a short hash."""
-    if "/" in label or os.sep in label:
-        base = Path(label.rstrip("/")).name
-        for suffix in (".pth.tar", ".tar", ".pth"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
-        return f"{slug(base)}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
-    safe = slug(label)
-    return safe if safe == label else f"{safe}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
-
-
-def size_label(size: int | None) -> str:
-    return "all" if size is None else str(int(size))
-
-
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One fine-tuning run of the grid. ``size`` None = the fold's whole training part."""
-
-    task: str
-    backbone: str
-    fold: int
-    size: int | None
-    strategy: str
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return "__".join([slug(self.task), backbone_slug(self.backbone), f"fold{self.fold}",
-                          f"n{size_label(self.size)}", slug(self.strategy.replace(":", "")), f"seed{self.seed}"])
-
-
-def expand_grid(tasks: Sequence[str], backbones: Sequence[BackboneSpec], folds: dict[str, list[int]],
-                sizes: dict[str, list[int | None]], strategies: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
-    """Every cell, task-major then size, fold, backbone, strategy, seed; scratch only ``full``."""
-    if len(set(strategies)) != len(strategies):
-        raise BenchError(f"a strategy is listed twice: {list(strategies)}")
-    cells = []
-    for task in tasks:
-        for size in sizes[task]:
-            for fold in folds[task]:
-                for bb in backbones:
-                    for strategy in ([SCRATCH_STRATEGY] if bb.scratch else strategies):
-                        for seed in seeds:
-                            cells.append(Cell(task, bb.label, fold, size, strategy, int(seed)))
-    keys = [c.key for c in cells]
-    if len(set(keys)) != len(keys):
-        raise BenchError("two cells map to one directory name; rename a backbone")
-    return cells
+__all__ = ["run_bench", "run_grid", "build_specs", "load_task_data", "run_with_finetune", "BenchSettings",
+           "BenchResult", "CellSpec", "TaskData", "Runner", "Loader",
+           # re-exported from bench_grid / bench_results
+           "BackboneSpec", "BenchError", "Cell", "DEFAULT_STRATEGIES", "RESULT_COLUMNS", "SCRATCH",
+           "SCRATCH_STRATEGY", "STRATEGY_ORDER", "backbone_slug", "expand_grid", "parse_backbones",
+           "read_results_csv", "result_row", "scratch_for", "size_label", "slug", "write_json_atomic",
+           "write_results_csv", "write_text_atomic"]
 
 
 # -- task data -----------------------------------------------------------------------------------
@@ -274,82 +156,6 @@ def _execute(runner: Runner, spec: CellSpec) -> tuple[dict | None, str | None, f
     except Exception as exc:  # noqa: BLE001 - recorded, the grid goes on
         text = f"{type(exc).__name__}: {exc}\n" + traceback.format_exc()
         return None, text, time.perf_counter() - t0
-
-
-# -- files -----------------------------------------------------------------------------------------
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
-    """``results.csv`` with :data:`RESULT_COLUMNS`, written atomically."""
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
-
-
-def read_results_csv(path: Path) -> list[dict]:
-    """Rows of a ``results.csv`` with numbers parsed (empty -> None)."""
-    integers = {"fold", "seed", "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters",
-                "best_epoch"}
-    floats = {"mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae", "wall_s", "fit_wall_s"}
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "" or v is None:
-                    row[k] = None
-                elif k in integers:
-                    row[k] = int(float(v))
-                elif k in floats:
-                    row[k] = float(v)
-                else:
-                    row[k] = v
-            rows.append(row)
-    return rows
-
-
-def result_row(cell: Cell, arch: str | None, units: str, metrics: dict | None, wall_s: float | None,
-               error: str | None) -> dict:
-    """One ``results.csv`` row from a cell's metrics (or its error)."""
-    row: dict[str, Any] = {"task": cell.task, "backbone": cell.backbone, "arch": arch or "", "fold": cell.fold,
-                           "size": size_label(cell.size), "strategy": cell.strategy, "seed": cell.seed,
-                           "key": cell.key, "units": units, "wall_s": wall_s,
-                           "status": "ok" if error is None else "failed",
-                           "error": "" if error is None else error.strip().splitlines()[0][:300]}
-    metrics = metrics or {}
-    for column, name in METRIC_COLUMNS.items():
-        row[column] = metrics.get(name)
-    for name in PASSED_THROUGH:
-        row[name] = metrics.get(name)
-    row["fit_wall_s"] = metrics.get("wall_s")
-    if metrics.get("units"):
-        row["units"] = metrics["units"]
-    return row
 
 
 # -- the grid --------------------------------------------------------------------------------------
@@ -486,7 +292,7 @@ def run_grid(specs: Sequence[CellSpec], out: Path, runner: Runner, jobs: int, da
         rows[spec.cell.key] = result_row(spec.cell, spec.arch, spec.units, metrics, wall, error)
         write_results_csv(results_path, [rows[k] for k in order if k in rows])
         done = len(rows) - reused
-        what = "failed: " + error.strip().splitlines()[0][:160] if error else _headline(rows[spec.cell.key])
+        what = "failed: " + error.strip().splitlines()[0][:160] if error else headline(rows[spec.cell.key])
         progress(f"[{done}/{len(todo)}] {spec.cell.task} {spec.cell.backbone} fold {spec.cell.fold} "
                  f"n={size_label(spec.cell.size)} {spec.cell.strategy} seed {spec.cell.seed}: {what} ({wall:.1f} s)")
 
@@ -507,14 +313,6 @@ def run_grid(specs: Sequence[CellSpec], out: Path, runner: Runner, jobs: int, da
         _run_pool(todo, runner, jobs, prepare, finish)
     failed = sum(1 for r in rows.values() if r["status"] != "ok")
     return [rows[k] for k in order if k in rows], len(todo), reused, failed
-
-
-def _headline(row: dict) -> str:
-    if row.get("mae") is not None:
-        return f"MAE {row['mae']:.4g} {row.get('units') or ''}".rstrip()
-    if row.get("roc_auc") is not None:
-        return f"ROC-AUC {row['roc_auc']:.4f}"
-    return "done"
 
 
 def _run_pool(todo: Sequence[CellSpec], runner: Runner, jobs: int, prepare: Callable[[CellSpec], None],

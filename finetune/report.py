@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from matforge.finetune.harness import STRATEGY_ORDER, BackboneSpec, scratch_for
+from matforge.finetune.bench_grid import STRATEGY_ORDER, BackboneSpec, scratch_for
 
 NA = "—"
 
@@ -306,7 +306,7 @@ def summary_markdown(rows: Sequence[dict], bench: dict) -> str:
 
 def load_bench(out: str | Path) -> tuple[list[dict], dict]:
     """``(rows, bench)`` from ``OUT/results.csv`` and ``OUT/bench.json``."""
-    from matforge.finetune.harness import read_results_csv
+    from matforge.finetune.bench_results import read_results_csv
 
     out = Path(out)
     rows = read_results_csv(out / "results.csv") if (out / "results.csv").exists() else []
@@ -316,7 +316,7 @@ def load_bench(out: str | Path) -> tuple[list[dict], dict]:
 
 def write_summary(out: str | Path, rows: Sequence[dict] | None = None, bench: dict | None = None) -> Path:
     """Write ``OUT/summary.md`` (atomically) and return its path."""
-    from matforge.finetune.harness import write_text_atomic
+    from matforge.finetune.bench_results import write_text_atomic
 
     out = Path(out)
     if rows is None or bench is None:
