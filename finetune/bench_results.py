@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 
 from matforge.finetune.bench_grid import Cell, size_label
 
@@ -40,18 +39,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    from matforge.finetune.outputs import json_safe
+
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
