@@ -65,12 +65,7 @@ def learning_curve(out: Path, task: str, rows: Sequence[dict], bench: dict) -> P
     ax.set_title(f"{task}: learning curve")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "plots" / f"learning_curve_{slug(task)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "plots" / f"learning_curve_{slug(task)}.png")
 
 
 def read_predictions(path: Path, keep: set[str] | None = None) -> tuple[list[float], list[float]]:
@@ -135,12 +130,7 @@ def parity(out: Path, task: str, rows: Sequence[dict], bench: dict) -> Path | No
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{task}: test folds, training size {size}, seed {seed}", fontsize=9)
-    fig.tight_layout()
-    path = out / "plots" / f"parity_{slug(task)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "plots" / f"parity_{slug(task)}.png")
 
 
 def write_plots(out: str | Path, rows: Sequence[dict], bench: dict) -> list[Path]:
@@ -153,3 +143,14 @@ def write_plots(out: str | Path, rows: Sequence[dict], bench: dict) -> list[Path
             if path is not None:
                 written.append(path)
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close ``fig``; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
