@@ -65,7 +65,14 @@ def _by_shard_splits(dataset: "ShardDataset", spec: str) -> dict[str, np.ndarray
         raise FinetuneError(f"split {spec!r}: name three shard splits, e.g. shards:train,val,test")
     if dataset.indices is not None:
         raise FinetuneError(f"{dataset.directory}: split 'shards' needs the whole shard directory, not a view")
-    return {side: np.asarray(load_split(dataset.directory, name), dtype=np.int64) for side, name in zip(SIDES, names)}
+    parts = {side: np.asarray(load_split(dataset.directory, name), dtype=np.int64) for side, name in zip(SIDES, names)}
+    for a in range(3):
+        for b in range(a + 1, 3):
+            shared = np.intersect1d(parts[SIDES[a]], parts[SIDES[b]])
+            if shared.size:
+                raise FinetuneError(f"{dataset.directory}: the {SIDES[a]} and {SIDES[b]} sides ({names[a]}, {names[b]}) "
+                                    f"share {shared.size} record(s); the test side must be held out")
+    return parts
 
 
 def _by_ids(dataset: "ShardDataset", split: Mapping[str, Sequence[str]], ids: list[str]) -> dict[str, np.ndarray]:

@@ -61,6 +61,10 @@ def test_shard_splits_are_used_as_written(props: Path, tmp_path: Path) -> None:
     written = json.loads((tmp_path / "o" / "split.json").read_text())
     for side in ("train", "val", "test"):
         assert written[side] == [ds[int(i)].id for i in load_split(data, side)]
+    from matforge.finetune.errors import FinetuneError
+
+    with pytest.raises(FinetuneError, match="the val and test sides .* share"):
+        finetune("none", data, "vpa", None, arch="cgcnn", split="shards:train,val,val", **FAST)
 
 
 def test_plateau_ema_lrdecay_and_tensorboard(props: Path, tmp_path: Path) -> None:
