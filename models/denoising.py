@@ -34,9 +34,12 @@ from matforge.models.losses import Term
 from matforge.models.objectives import Objective, _field, _per_atom, has_vector_features
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from matforge.datasets.noise import PositionNoise
     from matforge.models.base import Backbone
     from matforge.models.heads import Head
+    from matforge.models.model import AtomisticModel
 
 
 class _DenoiseObjective(Objective):
@@ -129,6 +132,14 @@ class DenoiseDerivativeObjective(_DenoiseObjective):
         super()._fit(sample, dataset)
         # The learnt scalar is a free energy in units with kT = σ (module docstring), not eV.
         return {"element_refs": {}, "energy_scale": 1.0, "energy_shift": 0.0, "energy_scale_source": "denoise"}
+
+    def inert_parameters(self, model: "AtomisticModel") -> list["torch.nn.Parameter"]:
+        """The energy head's output bias: it shifts every atom's energy by the same amount, so it
+        never reaches the forces this objective trains on."""
+        from torch import nn
+
+        linears = [m for m in self._head(model, "energy").modules() if isinstance(m, nn.Linear)]
+        return [linears[-1].bias] if linears and linears[-1].bias is not None else []
 
     def target_forces(self, eta: Tensor) -> Tensor:
         """F_target = -η/σ: the restoring direction, dimensionless."""

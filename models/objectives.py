@@ -179,6 +179,12 @@ class Objective:
     def weights(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def inert_parameters(self, model: "AtomisticModel") -> list[torch.nn.Parameter]:
+        """Parameters this objective's loss cannot depend on, whatever the data: they would never
+        get a gradient, which DistributedDataParallel (without unused-parameter search) refuses at
+        the next step. The trainer freezes them. None for most objectives."""
+        return []
+
     def metrics(self, outputs: dict[str, Tensor], batch: Any) -> dict[str, Term]:
         raise NotImplementedError
 

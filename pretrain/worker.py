@@ -167,6 +167,9 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         state.balance_weights = run_balance_weights(cfg, state, model, objective, train_records, graph_config,
                                                     transform, device, world, rank)
         cost = structure_costs(train_records.natoms, train_records.volume, backbone.cutoff, state.balance_weights)
+    inert = freeze_inert_parameters(model, objective)
+    if inert and rank == 0:
+        print(f"[matforge] objective {objective.name!r} cannot train {', '.join(inert)}: kept fixed", flush=True)
     ddp_model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
     state.world_size = world
@@ -289,6 +292,19 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 sampler.set_epoch(state.epoch, 0)
     monitor.close()
     batch_log.close()
+
+
+def freeze_inert_parameters(model: torch.nn.Module, objective: Any) -> list[str]:
+    """Freeze what the objective's loss cannot reach (``objective.inert_parameters``, e.g. the energy
+    head's output bias under derivative denoising), so every trained parameter gets a gradient on
+    every rank, as DistributedDataParallel requires; return their names."""
+    inert = {id(p) for p in objective.inert_parameters(model)}
+    names = []
+    for name, p in model.named_parameters():
+        if id(p) in inert:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
 
 
 def _ddp_options(model: torch.nn.Module) -> dict[str, Any]:
