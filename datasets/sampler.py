@@ -58,6 +58,16 @@ def pack_boundaries(sizes: np.ndarray, max_atoms: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
+def strided_share(num_records: int, world_size: int, rank: int) -> np.ndarray:
+    """Record indices ``rank, rank + W, rank + 2W, ...`` of ``0..num_records-1``: the ranks' shares
+    are disjoint and together hold every record exactly once (validation and test, where a padded
+    duplicate would count a structure twice). Shares differ by at most one record; a rank may get
+    none."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+    return np.arange(rank, num_records, world_size, dtype=np.int64)
+
+
 class AtomBudgetBatchSampler:
     """Yields lists of dataset indices (one batch each) for this rank; see the module docstring.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 OBJECTIVES = ("energy", "energy_forces", "efs", "denoise_derivative", "denoise_head", "combined")
+DERIVATIVE_OBJECTIVES = ("energy_forces", "efs", "denoise_derivative")  # train on -dE/dr
 
 
 @dataclass
@@ -59,6 +60,9 @@ class DataConfig:
 class ModelConfig:
     name: str = "painn"            # cgcnn | cgcnn_smooth | cgcnn_attention | painn
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # forces/stress objectives need an energy smooth in the positions (cgcnn_smooth, painn); true lets
+    # them run on cgcnn / cgcnn_attention anyway (BatchNorm couples structures, the 12-nearest cut jumps)
+    allow_non_smooth: bool = False
 
 
 @dataclass
@@ -205,12 +209,24 @@ def _check_hyperparameters(cfg: PretrainConfig) -> None:
     if cfg.model.name not in ARCHITECTURES:
         raise ConfigError(f"model.name: {cfg.model.name!r} is not one of {', '.join(ARCHITECTURES)}")
     params = inspect.signature(backbone_class(cfg.model.name).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    known = [n for n in params if n != "self"]
-    unknown = sorted(set(cfg.model.hyperparameters) - set(known))
-    if unknown:
-        raise ConfigError(f"model.hyperparameters: {cfg.model.name} does not take {unknown}; it takes {known}")
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [n for n in params if n != "self"]
+        unknown = sorted(set(cfg.model.hyperparameters) - set(known))
+        if unknown:
+            raise ConfigError(f"model.hyperparameters: {cfg.model.name} does not take {unknown}; it takes {known}")
+    if cfg.objective in DERIVATIVE_OBJECTIVES and not cfg.model.allow_non_smooth:
+        from matforge.models.registry import create
+
+        try:
+            smooth = create(cfg.model.name, **cfg.model.hyperparameters).smooth
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.hyperparameters: {cfg.model.name} cannot be built ({exc})") from None
+        if not smooth:
+            smooth_names = [n for n in ARCHITECTURES if create(n).smooth]
+            raise ConfigError(f"objective {cfg.objective!r} trains forces as -dE/dr, which needs an energy that is smooth "
+                              f"in the positions; {cfg.model.name} is not (BatchNorm couples the structures of a batch, "
+                              f"a nearest-neighbour cut jumps). Use model.name={' or '.join(smooth_names)}, or set "
+                              "model.allow_non_smooth=true if you mean it")
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -1,7 +1,7 @@
 """Whether a run's last checkpoint may be resumed under the config given now, checked on the driver.
 
 Re-running ``matforge pretrain`` with the name of a run that has checkpoints resumes it. That is
-right for the same experiment carried on (more steps, other intervals, another number of workers),
+right for the same experiment carried on (more steps, other intervals, other feeding of the workers),
 and wrong for another experiment that happens to reuse the name: a different model would fail deep
 inside a worker with a wall of tensor-shape mismatches (and Ray Train would retry it), while a
 different loss, optimiser or training set would resume silently into a run that is neither.
@@ -14,8 +14,11 @@ the attempt that wrote it) is compared with the one given now, key by dotted key
   schedule, the seed, the dtype, the training split and properties, and how batches are made
   (atoms per batch, rank balancing); the training data itself is compared by its manifest's
   sha256, not by path, so a dataset that moved still resumes;
-* free, so a change is only reported: everything else (``train.max_steps``, the intervals,
-  ``scaling.*``, validation data, how batches are fed, ``run.max_failures``, ``data.synth``).
+* the number of workers (0 and 1 are both one rank): each rank's position inside the epoch
+  depends on it, so a change would skip or replay batches; refused;
+* free, so a change is only reported: everything else (``train.max_steps``, the intervals, the
+  other ``scaling.*`` keys, validation data, how batches are fed, ``run.max_failures``,
+  ``data.synth``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,12 @@ def check_resume(run_dir: Path, current: dict[str, Any], data_sha256: str) -> tu
         problems += fixed
     else:
         free = []
+    saved_world = max(1, int(flatten(state.config).get("scaling.num_workers", 0) or 0)) if state.config else None
+    world = max(1, int(flatten(current).get("scaling.num_workers", 0) or 0))
+    if saved_world is not None and saved_world != world:
+        problems.append(f"scaling.num_workers: {saved_world} worker(s) at the checkpoint, {world} now; the position "
+                        "inside the epoch (batches dealt per rank) cannot be carried over exactly, so batches would be "
+                        f"skipped or replayed: resume with {saved_world} worker(s)")
     if state.data_manifest_sha256 and data_sha256 and state.data_manifest_sha256 != data_sha256:
         problems.append(f"data.train: the training data changed (manifest sha256 {state.data_manifest_sha256[:12]}… "
                         f"at the checkpoint, {data_sha256[:12]}… in {current.get('data', {}).get('train')})")

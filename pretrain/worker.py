@@ -76,6 +76,10 @@ class Evaluator:
         self.device = device
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """``val/<metric>`` for each of the objective's metrics and ``val/loss``, the weighted loss
+        Σ_k w_k · (Σ sum_k / Σ count_k) of the training objective on the validation set (what the
+        plateau schedule watches); sums and counts are all-reduced once, so every rank gets the
+        same numbers (each rank evaluates its own share of the structures, each structure once)."""
         if self.loader is None:
             return {}
         model.eval()
@@ -86,17 +90,35 @@ class Evaluator:
             for batch in self.loader:
                 batch = batch.to(self.device)
                 out = model(batch, forces=self.objective.needs_forces, stress=self.objective.needs_stress)
-                for name, term in self.objective.metrics(out, batch).items():
-                    sums[name] = sums.get(name, 0.0) + float(term.sum.detach())
-                    counts[name] = counts.get(name, 0.0) + float(term.count)
+                for prefix, terms in (("", self.objective.metrics(out, batch)),
+                                      ("loss:", self.objective.terms(out, batch))):
+                    for name, term in terms.items():
+                        sums[prefix + name] = sums.get(prefix + name, 0.0) + float(term.sum.detach())
+                        counts[prefix + name] = counts.get(prefix + name, 0.0) + float(term.count)
         model.train()
-        names = sorted(set(sums) | set(counts))
-        # every rank must contribute the same names: the objective's metric names are fixed
+        # every rank must contribute the same names, also a rank without validation batches
+        names = union_over_ranks(set(sums) | {f"loss:{n}" for n in self.objective.weights()})
         vec = torch.tensor([sums.get(n, 0.0) for n in names] + [counts.get(n, 0.0) for n in names],
                            dtype=torch.float64, device=self.device)
         total = all_reduce_sum(vec).cpu().tolist()
         k = len(names)
-        return {f"val/{n}": (total[i] / total[k + i] if total[k + i] > 0 else float("nan")) for i, n in enumerate(names)}
+        mean = {n: (total[i] / total[k + i] if total[k + i] > 0 else float("nan")) for i, n in enumerate(names)}
+        out = {f"val/{n}": v for n, v in mean.items() if not n.startswith("loss:")}
+        weights = self.objective.weights()
+        parts = [w * mean[f"loss:{n}"] for n, w in weights.items() if mean[f"loss:{n}"] == mean[f"loss:{n}"]]
+        out["val/loss"] = float(sum(parts)) if parts else float("nan")
+        return out
+
+
+def union_over_ranks(names: set[str]) -> list[str]:
+    """The sorted union of every rank's ``names`` (one all_gather_object; local when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, sorted(names))
+        names = set().union(*[set(g) for g in gathered])
+    return sorted(names)
 
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
@@ -196,12 +218,16 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                          f"(too few records for {world} workers?)")
     evaluator = Evaluator(None, objective, device)
     if cfg.data.val:
+        from matforge.datasets.sampler import strided_share
+
         val_records = open_dataset(cfg.data.val, split=cfg.data.val_split)
-        val_loader, _ = make_loader(
-            val_records, graph_config, cfg.data.max_atoms, shuffle=False, seed=cfg.train.seed, world_size=world,
-            rank=rank, num_workers=0, drop_last=False,
-            **({"transform": transform} if transform is not None else {}),
-        )
+        share = val_records.subset(strided_share(len(val_records), world, rank))  # each structure once
+        val_loader: Any = []
+        if len(share):
+            val_loader, _ = make_loader(
+                share, graph_config, cfg.data.max_atoms, shuffle=False, seed=cfg.train.seed, num_workers=0,
+                **({"transform": transform} if transform is not None else {}),
+            )
         evaluator = Evaluator(val_loader, objective, device)
 
     schedule = LRSchedule(optimizer, cfg.optim.lr, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule,
@@ -274,7 +300,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 if val:
                     monitor.scalars(step, val)
                     metrics.update(val)
-                    schedule.observe(next(iter(val.values())))
+                    schedule.observe(val["val/loss"])
                     if rank == 0:
                         print(f"[matforge] validation step {step}: "
                               + "  ".join(f"{k[4:]} {v:.4g}" for k, v in val.items()), flush=True)

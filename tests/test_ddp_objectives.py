@@ -1,7 +1,8 @@
 """Every objective with every backbone that supports it, on a real 2-rank gloo process group (two
 processes started by torch.multiprocessing, no Ray): two training steps under DistributedDataParallel,
 each rank on its own (unequal) half of a batch, must give every parameter the gradient that a single
-process computes on the whole batch, and the same weights after the steps.
+process computes on the whole batch, and the same weights after the steps. Validation split over
+the two ranks must equal one process's over every structure.
 
 Each rank also holds the single-process reference (a copy of the model before wrapping), so the
 comparison happens inside the ranks and only a failure message travels back.
@@ -111,6 +112,33 @@ def _check_case(name: str, arch: str, rank: int, world: int) -> None:
     torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
 
 
+def _check_validation(rank: int, world: int) -> None:
+    """Validation on two ranks, each its strided share, equals one process over every structure
+    (each counted once: 7 records, shares of 4 and 3, no padded duplicate)."""
+    from matforge.datasets.sampler import strided_share
+    from matforge.models.model import AtomisticModel
+    from matforge.models.objectives import build_objective
+    from matforge.models.registry import create
+    from matforge.pretrain.worker import Evaluator
+
+    records = _records()
+    objective = build_objective("efs")
+    torch.manual_seed(0)
+    backbone = create("painn", **HYPER["painn"])
+    model = AtomisticModel(backbone, objective.build_heads(backbone)).double()
+    objective.fit(records, model)
+    share = strided_share(len(records), world, rank)
+    mine = [_batch(objective, [records[i]], int(i)) for i in share]
+    distributed = Evaluator(mine, objective, torch.device("cpu"))(model)
+    whole = _batch(objective, records, 0)
+    out = model(whole, forces=True, stress=True)
+    expected = {f"val/{k}": float(t.mean()) for k, t in objective.metrics(out, whole).items()}
+    expected["val/loss"] = float(objective.loss(out, whole).detach())
+    assert set(distributed) == set(expected)
+    for key, value in expected.items():
+        assert abs(distributed[key] - value) <= 1e-9 * max(1.0, abs(value)), (key, distributed[key], value)
+
+
 def _rank(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -124,6 +152,10 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
             except Exception:  # report every case, then fail in the test
                 failures[f"{name}/{arch}"] = traceback.format_exc()[-1500:]
                 dist.barrier()
+        try:
+            _check_validation(rank, world)
+        except Exception:
+            failures["validation"] = traceback.format_exc()[-1500:]
     finally:
         Path(out, f"rank{rank}.json").write_text(json.dumps(failures))
         dist.destroy_process_group()

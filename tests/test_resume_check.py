@@ -106,3 +106,12 @@ def test_no_checkpoint_is_a_new_run(tmp_path, finished):
     assert check_resume(tmp_path / "absent", to_dict(_config(data, tmp_path)), "") is None
     (tmp_path / "empty").mkdir()
     assert check_resume(tmp_path / "empty", to_dict(_config(data, tmp_path)), "") is None
+
+
+def test_another_number_of_workers_is_refused(copy):
+    data, runs = copy
+    cfg = _config(data, runs, "scaling.num_workers=2")
+    with pytest.raises(ConfigError, match=r"scaling.num_workers: 1 worker\(s\) at the checkpoint, 2 now"):
+        check_resume(runs / "run", to_dict(cfg), "")
+    # 0 (local mode) and 1 are both one rank: the position carries over
+    assert check_resume(runs / "run", to_dict(_config(data, runs, "scaling.num_workers=1")), "") is not None
