@@ -146,7 +146,8 @@ def run_overrides(args: argparse.Namespace, data: str, storage: Path, name: str,
         "data.synth.structures=0", f"data.loader_workers={loader_workers}", f"train.max_steps={args.steps}",
         f"train.log_every={args.log_every}", f"train.eval_every={args.steps}", f"train.checkpoint_every={args.steps}",
         f"scaling.num_workers={workers}", f"scaling.threads_per_worker={threads}",
-        f"scaling.cpus_per_worker={threads}", f"run.storage_path={storage}", f"run.name={name}",
+        f"scaling.cpus_per_worker={threads}", "scaling.measure_sync_wait=true",  # the table's sync column
+        f"run.storage_path={storage}", f"run.name={name}",
     ]
     if args.max_atoms is not None:
         overrides.append(f"data.max_atoms={args.max_atoms}")

@@ -114,7 +114,13 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1    # torch intra-op threads in each worker
-    idle_ray_helpers: bool = True  # embedded Ray: its bookkeeping actors and threads at SCHED_IDLE (pretrain.helper_priority)
+    # opt-in small-node tuning: on an embedded instance, Ray's bookkeeping actors and each worker's
+    # task-loop thread at SCHED_IDLE (pretrain.helper_priority); off by default, since that thread answers
+    # the controller's polls and health checks and starves when loader processes fill the cores
+    idle_ray_helpers: bool = False
+    # opt-in: time each rank's waits at the step's all-reduces (time/sync_wait_fraction) through a
+    # replaced DDP communication hook (pretrain.sync_timing); CPU workers only
+    measure_sync_wait: bool = False
 
 
 @dataclass

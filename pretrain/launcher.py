@@ -24,14 +24,6 @@ from matforge.pretrain.report_commit import EMBEDDED_POLL_INTERVAL_S
 
 PASSED_ENV = (FAULT_ENV, BATCH_LOG_ENV)  # test instruments, passed on to the workers
 
-EMBEDDED_WORKER_NICENESS = 0
-"""Scheduling niceness of the workers of an embedded Ray instance. Ray runs its workers at nice 15 so
-that its own daemons win any contention; with two training workers on two cores that makes every
-wake-up of a rank from a collective wait behind whichever Ray daemon is running, and the other rank
-waits in turn. The daemons use ~3 % of a core here, so the training workers run at the default
-priority instead. A cluster joined with ``--address`` keeps its own setting."""
-
-
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -46,10 +38,7 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
            "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
            # print() in workers goes straight to their stdout (streamed once to the driver); Ray's
            # print patch would also route it through a logger and show every line twice
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-           # glibc: keep large freed blocks instead of returning them to the OS and page-faulting
-           # them back every step (the double backward of force training allocates big tensors)
-           "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
 
@@ -110,8 +99,7 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
     runtime_env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(EMBEDDED_POLL_INTERVAL_S)
     ray.init(num_cpus=max(cpus, int(needed + 0.999)), include_dashboard=False, runtime_env=runtime_env,
              log_to_driver=True, configure_logging=True, logging_level="WARNING",
-             logging_config=ray.LoggingConfig(log_level="WARNING"),
-             _system_config={"worker_niceness": EMBEDDED_WORKER_NICENESS})
+             logging_config=ray.LoggingConfig(log_level="WARNING"))
     return True
 
 

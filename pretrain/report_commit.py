@@ -38,13 +38,40 @@ def _report_queue():
     return queue if hasattr(queue, "unfinished_tasks") else None
 
 
-def wait_until_report_taken(timeout_s: float = 60.0, poll_s: float = 0.005) -> bool | None:
+TESTED_RAY = "2.60"
+"""The Ray release whose Train V2 internals this module was tested against (pyproject pins it)."""
+_warned = False
+
+
+def _warn_missing_queue() -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    try:
+        import ray
+
+        version = ray.__version__
+    except Exception:  # pragma: no cover
+        version = "unknown"
+    import sys
+
+    print(f"[matforge] WARNING: Ray {version} has no Train report queue where matforge looks for it "
+          "(ray.train.v2 ... execution_context.result_queue; tested with Ray " + TESTED_RAY + "). Checkpoints "
+          "still work, but a rank killed within one controller poll of a checkpoint report can lose that "
+          "checkpoint, and the restart goes back to an older one.", file=sys.stderr, flush=True)
+
+
+def wait_until_report_taken(timeout_s: float = 60.0, poll_s: float = 0.005, expected: bool = False) -> bool | None:
     """Block until the controller has taken this worker's queued reports.
 
     Returns True when it has, False on timeout (training goes on: the report stays queued, as
-    without this wait), None where there is no queue to watch."""
+    without this wait), None where there is no queue to watch; with ``expected`` (a worker of a
+    multi-worker run, where the queue should exist) a missing queue is warned about, once."""
     queue = _report_queue()
     if queue is None:
+        if expected:
+            _warn_missing_queue()
         return None
     deadline = time.monotonic() + timeout_s
     while queue.unfinished_tasks:

@@ -84,11 +84,12 @@ class SyncTimer:
         return total
 
 
-def attach_sync_timer(ddp_model: torch.nn.Module, device: torch.device) -> SyncTimer:
-    """A :class:`SyncTimer` for this rank, its hook registered on ``ddp_model`` when that is a
-    ``DistributedDataParallel`` on CPU; otherwise (the bare model of a one-worker run, or CUDA) the
-    model is left as is and the timer measures nothing."""
-    measures = device.type == "cpu" and isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
+def attach_sync_timer(ddp_model: torch.nn.Module, device: torch.device, enabled: bool = True) -> SyncTimer:
+    """A :class:`SyncTimer` for this rank, its hook registered on ``ddp_model`` when ``enabled`` and
+    that is a ``DistributedDataParallel`` on CPU; otherwise (not asked for, the bare model of a
+    one-worker run, or CUDA) DDP keeps its own hook and the timer measures nothing."""
+    measures = (enabled and device.type == "cpu"
+                and isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel))
     timer = SyncTimer(measures)
     if measures:
         ddp_model.register_comm_hook(state=ddp_model.process_group, hook=timer.hook)

@@ -238,7 +238,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     if state.step == 0:
         monitor.hparams(payload["config"], state.fitted)
     batch_log = BatchLog(run_dir / "batches" / f"rank{rank}.jsonl" if os.environ.get(BATCH_LOG_ENV) else None)
-    sync_timer = attach_sync_timer(ddp_model, device)
+    sync_timer = attach_sync_timer(ddp_model, device, enabled=cfg.scaling.measure_sync_wait)
     meter = ThroughputMeter(measures_sync=sync_timer.measures)
     window = LossWindow(device)
     weights = objective.weights()
@@ -397,7 +397,7 @@ def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, 
     report = {"step": state.step, "epoch": state.epoch, **finite}
     if rank != 0:
         ray.train.report(report)
-        wait_until_report_taken()  # the checkpoint is registered only once every rank's report is taken
+        wait_until_report_taken(expected=True)  # the checkpoint is registered once every rank's report is taken
         return
     card_provenance = {**provenance, "objective": cfg.objective, "steps": state.step, "metrics": finite,
                        "normalisation": state.fitted, "run": cfg.run.name}
@@ -416,4 +416,4 @@ def _report(model: Any, optimizer: Any, state: TrainState, cfg: PretrainConfig, 
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp), model, optimizer, state, provenance=card_provenance)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    wait_until_report_taken()
+    wait_until_report_taken(expected=True)

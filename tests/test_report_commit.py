@@ -46,3 +46,15 @@ def test_an_empty_queue_returns_at_once(reports):
     start = time.monotonic()
     assert report_commit.wait_until_report_taken(timeout_s=5.0) is True
     assert time.monotonic() - start < 0.1
+
+
+def test_a_missing_queue_where_one_is_expected_is_warned_about_once(monkeypatch, capsys):
+    monkeypatch.setattr(report_commit, "_report_queue", lambda: None)
+    monkeypatch.setattr(report_commit, "_warned", False)
+    assert report_commit.wait_until_report_taken(expected=True) is None
+    assert report_commit.wait_until_report_taken(expected=True) is None
+    err = capsys.readouterr().err
+    assert err.count("WARNING: Ray") == 1 and "tested with Ray 2.60" in err and "lose that checkpoint" in err
+    monkeypatch.setattr(report_commit, "_warned", False)
+    assert report_commit.wait_until_report_taken() is None      # local mode: nothing expected, nothing said
+    assert capsys.readouterr().err == ""

@@ -50,6 +50,7 @@ def _rank(rank: int, tmp: str, tail_s: float = 0.0) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     model = _model()
     ddp = DistributedDataParallel(model)
+    assert not attach_sync_timer(ddp, torch.device("cpu"), enabled=False).measures  # opt-in: DDP's own hook stays
     timer = attach_sync_timer(ddp, torch.device("cpu"))
     x = _inputs()[rank].requires_grad_(True)
     loss = ddp(_SlowTail.apply(x, tail_s) if tail_s else x).pow(2).sum()
