@@ -69,3 +69,12 @@ def test_validation_loss_is_the_weighted_training_loss(synth_dir) -> None:
     assert val["val/loss"] == pytest.approx(expected, rel=1e-9)
     metrics = objective.metrics(out, whole)
     assert val["val/forces_mae"] == pytest.approx(float(metrics["forces_mae"].mean()), rel=1e-9)
+
+
+def test_packaged_configs_survive_a_lost_worker_by_default() -> None:
+    from matforge.pretrain.config import packaged_configs
+
+    names = packaged_configs()
+    assert {"quickstart", "efs", "denoise_derivative", "denoise_head", "combined"} <= set(names)
+    for name in names:
+        assert load_config(name, BASE).run.max_failures == 2, name

@@ -114,7 +114,7 @@ def test_resume_after_a_crash_continues_exactly(emt_dir: Path, tmp_path: Path, m
     reference = run_pretrain(_config(emt_dir, tmp_path, "reference", *common))
 
     monkeypatch.setenv(FAULT_ENV, "rank=0,step=5,mode=raise")
-    crashed = _config(emt_dir, tmp_path, "crashed", *common)
+    crashed = _config(emt_dir, tmp_path, "crashed", *common, "run.max_failures=0")  # let the crash end it
     with pytest.raises(Exception, match="fault injection"):
         run_pretrain(crashed)
     monkeypatch.delenv(FAULT_ENV)
