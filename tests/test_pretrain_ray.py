@@ -123,3 +123,43 @@ def test_sigkilled_worker_recovers_and_rerun_resumes(ray_session, emt_dir: Path,
     assert float(fmax) < 1e-3  # fcc Cu: forces vanish by symmetry
     card = json.loads((again.export_dir / "card.json").read_text())
     assert card["provenance"]["steps"] == 16 and "val/forces_mae" in card["provenance"]["metrics"]
+
+
+@pytest.fixture(scope="module")
+def property_emt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EMT structures with two named properties (for the ``combined`` config)."""
+    import numpy as np
+
+    from matforge.datasets.convert import convert
+    from matforge.datasets.synth import synth_records
+
+    records = []
+    for record in synth_records(40, seed=3, max_atoms=16):
+        record.properties = {"volume_per_atom": abs(np.linalg.det(record.cell)) / record.natoms,
+                             "mean_z": float(np.mean(record.numbers))}
+        records.append(record)
+    out = tmp_path_factory.mktemp("props") / "props"
+    convert([], out, records=records)
+    write_splits(out, [0.75, 0.25], names=["train", "val"], group="none", seed=0)
+    return out
+
+
+SMALL = {"painn": "{hidden: 8, num_interactions: 1, cutoff: 4.0}", "cgcnn": "{atom_fea_len: 8, n_conv: 1}"}
+
+
+@pytest.mark.parametrize("name", ["quickstart", "efs", "denoise_derivative", "denoise_head", "combined"])
+def test_every_packaged_config_takes_steps_on_two_workers(ray_session, emt_dir: Path, property_emt_dir: Path,
+                                                          tmp_path: Path, name: str) -> None:
+    base = load_config(name, ["data.train=x"])
+    data = property_emt_dir if name == "combined" else emt_dir
+    extra = ["data.properties=[volume_per_atom, mean_z]"] if name == "combined" else []
+    cfg = load_config(name, [
+        f"data.train={data}", f"data.val={data}", "data.train_split=train", "data.val_split=val",
+        "data.synth.structures=0", "data.max_atoms=48", "data.loader_workers=0", "scaling.num_workers=2",
+        f"model.hyperparameters={SMALL[base.model.name]}", "train.max_steps=3", "train.eval_every=3",
+        "train.checkpoint_every=3", "train.log_every=1", "optim.warmup_steps=1", f"run.storage_path={tmp_path}",
+        "denoise.equilibrium_only=false", *extra])
+    result = run_pretrain(cfg, export=False)
+    assert result.metrics["step"] == 3
+    assert any(k.startswith("val/") and k != "val/loss" for k in result.metrics), result.metrics
+    assert result.checkpoint is not None
