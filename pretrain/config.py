@@ -50,8 +50,11 @@ class DataConfig:
     graph_cache_mb: float = 512.0  # built graphs kept per process (not with denoising); 0: none
     balance_ranks: bool = True     # equal estimated work (atoms, edges, atom pairs) per rank in each step
     # weights per atom, edge and pair of that estimate (matforge.datasets.step_balance; ratios matter);
-    # None: measured at the start of the run (matforge.pretrain.cost_calibration), kept in its checkpoints
+    # None: atoms + edges (1, 1, 0), or measured at the start with calibrate_balance; kept in the checkpoints
     balance_weights: list[float] | None = None
+    # opt-in: measure the weights on every rank before the first step (matforge.pretrain.cost_calibration,
+    # about a second of timed steps)
+    calibrate_balance: bool = False
     properties: list[str] = field(default_factory=list)   # named properties for "combined"
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 

@@ -200,14 +200,16 @@ def calibrate_cost_weights(model: torch.nn.Module, objective: Any, collate: Call
 def run_balance_weights(cfg: "PretrainConfig", state: "TrainState", model: torch.nn.Module, objective: Any, records: Any,
                         graph_config: Any, transform: Any, device: torch.device, world: int, rank: int) -> list[float]:
     """Weights per atom, edge and pair of the step balance: the config's, else the run's (from its
-    checkpoint), else measured now by :func:`calibrate_cost_weights` on every rank at once (atoms +
-    edges when they cannot be measured); rank 0 prints what was measured."""
+    checkpoint), else, with ``data.calibrate_balance``, measured now by :func:`calibrate_cost_weights`
+    on every rank at once (rank 0 prints them), else (or when they cannot be measured) atoms + edges."""
     from matforge.datasets.step_balance import DEFAULT_COST_WEIGHTS, neighbours_per_atom
 
     if cfg.data.balance_weights is not None:
         return [float(w) for w in cfg.data.balance_weights]
     if state.balance_weights is not None:
         return [float(w) for w in state.balance_weights]
+    if not cfg.data.calibrate_balance:
+        return list(DEFAULT_COST_WEIGHTS)
     neighbours = neighbours_per_atom(records.natoms, records.volume, model.backbone.cutoff)
     if neighbours is None:      # no cell volumes: the estimate is the atom count whatever the weights
         return list(DEFAULT_COST_WEIGHTS)

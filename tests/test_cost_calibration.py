@@ -181,7 +181,9 @@ def test_a_run_uses_the_configured_then_the_saved_then_measured_weights(synth_di
     base = ["data.train=" + str(synth_dir)]
     configured = load_config("quickstart", base + ["data.balance_weights=[1, 2, 3]"])
     assert run_balance_weights(configured, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [1.0, 2.0, 3.0]
-    plain = load_config("quickstart", base)
+    default = load_config("quickstart", base)
+    assert run_balance_weights(default, TrainState(), *args) == [1.0, 1.0, 0.0]   # not measured unless asked
+    plain = load_config("quickstart", base + ["data.calibrate_balance=true"])
     assert run_balance_weights(plain, TrainState(balance_weights=[5.0, 1.0, 0.0]), *args) == [5.0, 1.0, 0.0]
     assert calls == []
     assert run_balance_weights(plain, TrainState(), *args) == [0.0, 1.0, 7.0] and calls == [1]

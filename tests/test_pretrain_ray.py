@@ -64,7 +64,8 @@ def test_sigkilled_worker_recovers_and_rerun_resumes(ray_session, emt_dir: Path,
     monkeypatch.setenv(BATCH_LOG_ENV, "1")
     monkeypatch.setenv(FAULT_ENV, "rank=1,step=10,mode=kill")
     result = run_pretrain(_config(emt_dir, tmp_path, "train.max_steps=12", "run.max_failures=1",
-                                  "scaling.idle_ray_helpers=true", "scaling.measure_sync_wait=true"))
+                                  "scaling.idle_ray_helpers=true", "scaling.measure_sync_wait=true",
+                                  "data.calibrate_balance=true"))
     run_dir = result.run_dir
     assert (run_dir / ".fault-injected-rank1-step10").exists()  # the worker really was killed
     assert result.metrics["step"] == 12
