@@ -323,7 +323,6 @@ def test_docs_table_from_results(tmp_path: Path) -> None:
 # -- end to end with the real fine-tuning API --------------------------------------------------------
 
 def test_cli_end_to_end_on_the_matbench_fixture(tmp_path: Path) -> None:
-    pytest.importorskip("matforge.finetune.api")
     from matforge.cli.main import main
 
     out, docs = tmp_path / "bench", tmp_path / "docs" / "benchmarks.md"
@@ -353,7 +352,6 @@ def test_cli_end_to_end_on_the_matbench_fixture(tmp_path: Path) -> None:
 
 
 def test_given_split_loader_puts_the_test_file_in_the_test_set(tmp_path: Path) -> None:
-    pytest.importorskip("matforge.finetune.data_source")
     from matforge.finetune.harness import load_task_data
     from matforge.finetune.tasks import Source
 

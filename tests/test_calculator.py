@@ -137,7 +137,6 @@ def test_unseen_element_and_missing_energy_head_are_refused():
 
 
 def test_loads_a_saved_backbone_by_path(tmp_path):
-    pytest.importorskip("matforge.models.backbone_file", reason="the backbone file format is not installed")
     model = make_model("cgcnn_smooth")
     model.save(tmp_path / "backbone")
     atoms = rattled_rocksalt()

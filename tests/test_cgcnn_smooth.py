@@ -109,7 +109,6 @@ def test_variants_match_finite_differences(radial, envelope, norm):
 
 
 def test_cgcnn92_embedding_is_a_linear_map_of_the_cgcnn_features():
-    pytest.importorskip("matforge.models.atom_features", reason="CGCNN element features not installed")
     from matforge.models.atom_features import cgcnn_atom_features
 
     model = model_of(embedding="cgcnn92")
