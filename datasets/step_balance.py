@@ -107,6 +107,10 @@ def balance_steps(sizes: np.ndarray, costs: np.ndarray, starts: np.ndarray, max_
     new_starts)``: the structure at position i of the balanced order is the one at ``perm[i]`` of
     the packed order; batch k is ``new_starts[k]:new_starts[k+1]`` of it. A trailing partial step
     (fewer than ``world_size`` batches; the sampler pads or drops it) is left alone.
+
+    Every step is dealt at once: the LPT rule runs over the steps in lockstep (numpy arrays of
+    steps × ranks), one pass per structure position, so an epoch of millions of structures costs
+    as many numpy passes as a step has structures, not a Python iteration per structure.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     costs = np.asarray(costs, dtype=np.float64)
@@ -114,36 +118,42 @@ def balance_steps(sizes: np.ndarray, costs: np.ndarray, starts: np.ndarray, max_
     perm = np.arange(sizes.shape[0], dtype=np.int64)
     new_starts = starts.copy()
     w = int(world_size)
-    if w < 2:
-        return perm, new_starts
     num_batches = starts.shape[0] - 1
-    for first in range(0, num_batches - num_batches % w, w):
-        lo, hi = int(starts[first]), int(starts[first + w])
-        members = _deal(sizes[lo:hi], costs[lo:hi], max_atoms, w)
-        if members is None:
-            continue
-        before = max(float(costs[starts[first + j]:starts[first + j + 1]].sum()) for j in range(w))
-        after = max(float(costs[lo:hi][m].sum()) for m in members)
-        if after >= before:
-            continue
-        perm[lo:hi] = lo + np.concatenate(members)
-        new_starts[first + 1:first + w] = lo + np.cumsum([len(m) for m in members])[:-1]
+    full = num_batches - num_batches % w if w >= 2 else 0
+    if full == 0:
+        return perm, new_starts
+    lo = starts[0:full:w]                                   # (S,) first position of each step
+    count = starts[w:full + 1:w] - lo                       # (S,) structures per step
+    steps, width = lo.shape[0], int(count.max())
+    local = np.arange(width)[None, :]
+    valid = local < count[:, None]                          # (S, L)
+    pos = np.where(valid, lo[:, None] + local, 0)
+    order = np.argsort(np.where(valid, -costs[pos], np.inf), axis=1, kind="stable")  # largest cost first
+    pos, valid = np.take_along_axis(pos, order, 1), np.take_along_axis(valid, order, 1)
+    load = np.zeros((steps, w))
+    atoms = np.zeros((steps, w), dtype=np.int64)
+    batch_of = np.full((steps, width), w, dtype=np.int64)  # w: padding
+    dealt = np.ones(steps, dtype=bool)
+    rows = np.arange(steps)
+    for i in range(width):
+        p, v = pos[:, i], valid[:, i]
+        open_load = np.where(atoms + sizes[p][:, None] <= max_atoms, load, np.inf)
+        j = np.argmin(open_load, axis=1)
+        fits = np.isfinite(open_load[rows, j])
+        dealt &= fits | ~v
+        take = v & fits
+        load[rows[take], j[take]] += costs[p[take]]
+        atoms[rows[take], j[take]] += sizes[p[take]]
+        batch_of[:, i] = np.where(v, j, w)
+    per_batch = np.stack([(batch_of == k).sum(axis=1) for k in range(w)], axis=1)   # (S, w)
+    dealt &= (per_batch > 0).all(axis=1)
+    before = np.add.reduceat(costs[:starts[full]], starts[:full]).reshape(steps, w).max(axis=1)  # as packed
+    # new order of each step: batch by batch, each batch's structures in packed order
+    key = batch_of * (width + 1) + np.where(valid, pos - lo[:, None], width)
+    new_pos = np.take_along_axis(pos, np.argsort(key, axis=1, kind="stable"), 1)
+    after = load.max(axis=1)      # the dealt batches' costs (summed in dealing order)
+    for s in np.flatnonzero(dealt & (after < before)):
+        n, first = int(count[s]), int(s) * w
+        perm[lo[s]:lo[s] + n] = new_pos[s, :n]
+        new_starts[first + 1:first + w] = lo[s] + np.cumsum(per_batch[s])[:-1]
     return perm, new_starts
-
-
-def _deal(sizes: np.ndarray, costs: np.ndarray, max_atoms: int, w: int) -> list[np.ndarray] | None:
-    """LPT deal of one step's structures into ``w`` batches under ``max_atoms``; None if it fails."""
-    load = np.zeros(w)
-    atoms = np.zeros(w, dtype=np.int64)
-    members: list[list[int]] = [[] for _ in range(w)]
-    for p in np.argsort(-costs, kind="stable").tolist():
-        open_load = np.where(atoms + sizes[p] <= max_atoms, load, np.inf)
-        j = int(np.argmin(open_load))
-        if not np.isfinite(open_load[j]):
-            return None
-        members[j].append(p)
-        load[j] += costs[p]
-        atoms[j] += sizes[p]
-    if any(not m for m in members):
-        return None
-    return [np.sort(np.asarray(m, dtype=np.int64)) for m in members]

@@ -156,3 +156,59 @@ def test_the_padded_last_step_is_balanced_too():
     assert max(costs) < max(as_packed) and max(costs) / min(costs) < 1.2
     seen = Counter(i for r in ranks for b in r for i in b)                  # every structure, the copies twice
     assert set(seen) == set(range(len(NATOMS))) and sorted(i for i, c in seen.items() if c == 2) == sorted(first)
+
+
+def _sequential_reference(sizes, costs, starts, max_atoms, w):
+    """The rule of the module docstring, one step and one structure at a time (the original code)."""
+    perm = np.arange(sizes.shape[0], dtype=np.int64)
+    new_starts = starts.copy()
+    num_batches = starts.shape[0] - 1
+    for first in range(0, num_batches - num_batches % w, w):
+        lo, hi = int(starts[first]), int(starts[first + w])
+        s_sizes, s_costs = sizes[lo:hi], costs[lo:hi]
+        load, atoms, members = np.zeros(w), np.zeros(w, dtype=np.int64), [[] for _ in range(w)]
+        failed = False
+        for p in np.argsort(-s_costs, kind="stable").tolist():
+            open_load = np.where(atoms + s_sizes[p] <= max_atoms, load, np.inf)
+            j = int(np.argmin(open_load))
+            if not np.isfinite(open_load[j]):
+                failed = True
+                break
+            members[j].append(p)
+            load[j] += s_costs[p]
+            atoms[j] += s_sizes[p]
+        if failed or any(not m for m in members):
+            continue
+        members = [np.sort(np.asarray(m, dtype=np.int64)) for m in members]
+        before = max(float(costs[starts[first + j]:starts[first + j + 1]].sum()) for j in range(w))
+        after = max(float(s_costs[m].sum()) for m in members)
+        if after >= before:
+            continue
+        perm[lo:hi] = lo + np.concatenate(members)
+        new_starts[first + 1:first + w] = lo + np.cumsum([len(m) for m in members])[:-1]
+    return perm, new_starts
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4, 8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lockstep_dealing_equals_the_rule_one_structure_at_a_time(world_size, seed):
+    """All steps dealt at once give exactly the partition of dealing each step alone (integer
+    costs, so every sum is exact and no rounding tie can differ)."""
+    from matforge.datasets.step_balance import balance_steps
+
+    rng = np.random.default_rng(seed)
+    max_atoms = 64
+    sizes = rng.integers(1, 40, size=600)
+    costs = rng.integers(1, 500, size=600).astype(np.float64)
+    starts, total = [0], 0
+    for k, n in enumerate(sizes):           # greedy packing under the atom budget
+        if total + n > max_atoms and total > 0:
+            starts.append(k)
+            total = 0
+        total += n
+    starts.append(sizes.shape[0])
+    starts = np.asarray(starts, dtype=np.int64)
+    got = balance_steps(sizes, costs, starts, max_atoms, world_size)
+    want = _sequential_reference(sizes, costs, starts, max_atoms, world_size)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert not np.array_equal(got[0], np.arange(600))   # some steps were re-dealt
