@@ -2,17 +2,23 @@
 the step balance: the time every rank spends, at every epoch, computing its batches.
 
     python benchmarks/sampler_scale.py [--structures 1580395] [--world-size 8] [--max-atoms 2048]
+                                       [--docs docs/benchmarks.md]
 
 Atom counts and cell volumes are drawn to look like MPtrj (median ~30 atoms per frame, 1-444;
 ~14 Å³ per atom); the costs are the default atoms + edges estimate at a 6 Å cutoff. Prints a
-table (best of 3 epochs).
+table (best of 3 epochs); ``--docs`` also writes it into that file between this script's markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import platform
+import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +31,7 @@ def main() -> None:
     p.add_argument("--structures", type=int, default=1_580_395)
     p.add_argument("--world-size", type=int, default=8)
     p.add_argument("--max-atoms", type=int, default=2048)
+    p.add_argument("--docs", help="markdown file whose section between this script's markers is replaced")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     natoms = np.clip(np.round(rng.lognormal(np.log(30), 0.8, args.structures)), 1, 444).astype(np.int64)
@@ -40,11 +47,34 @@ def main() -> None:
             batches = list(iter(sampler))
             times.append(time.perf_counter() - started)
         rows.append((label, min(times), len(batches)))
-    print(f"| setting | epoch set-up, s (best of 3) | batches per rank |   ({args.structures:,} structures, "
-          f"{args.world_size} ranks, {args.max_atoms} atoms per batch, {platform.processor() or platform.machine()})")
-    print("|---|---|---|")
-    for label, seconds, count in rows:
-        print(f"| {label} | {seconds:.2f} | {count:,} |")
+    lines = [f"- command: `python {' '.join(sys.argv)}`",
+             f"- machine: {_cpu()}, {os.cpu_count()} cores; date: {datetime.date.today().isoformat()}",
+             f"- {args.structures:,} structures, {args.world_size} ranks, {args.max_atoms} atoms per batch", "",
+             "| setting | epoch set-up, s (best of 3) | batches per rank |", "|---|---|---|"]
+    lines += [f"| {label} | {seconds:.2f} | {count:,} |" for label, seconds, count in rows]
+    print("\n".join(lines))
+    if args.docs:
+        write_section(Path(args.docs), "### Sampler epoch set-up at MPtrj scale\n\n" + "\n".join(lines))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this script's section of ``path``, leaving the rest of the file as it is."""
+    begin, end = "<!-- benchmarks/sampler_scale.py -->", "<!-- end benchmarks/sampler_scale.py -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{begin}\n{body}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
