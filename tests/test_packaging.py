@@ -88,3 +88,13 @@ def test_installed_wheel_imports_like_the_checkout(wheel: Path, tmp_path: Path) 
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, check=True, capture_output=True,
                          text=True, cwd=tmp_path).stdout
     assert out.strip() == "ok"
+
+
+def test_python_dash_m_matforge_is_the_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "matforge", "--help"], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert "usage: matforge" in result.stdout and "finetune" in result.stdout
+
+
+def test_wheel_runs_as_python_dash_m(wheel: Path) -> None:
+    assert "matforge/__main__.py" in zipfile.ZipFile(wheel).namelist()
