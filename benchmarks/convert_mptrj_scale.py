@@ -14,15 +14,14 @@ largest single process). Prints a table; ``--docs`` writes it into that file bet
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from matforge.training.docs_tables import machine_description, today, update_section
 
 # a fresh parent for each conversion, so RUSAGE_CHILDREN's maximum is that conversion's own
 MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
@@ -54,24 +53,10 @@ def write_mptrj(path: Path, frames: int) -> int:
     return written
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, leaving the rest of the file as it is."""
-    begin, end = "<!-- benchmarks/convert_mptrj_scale.py -->", "<!-- end benchmarks/convert_mptrj_scale.py -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{begin}\n{body}\n{end}"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+
+
 
 
 def main() -> None:
@@ -96,14 +81,15 @@ def main() -> None:
             records = json.loads((out / "manifest.json").read_text())["num_records"]
             rows.append((workers, records, seconds, records / seconds, peak_mb))
     lines = [f"- command: `python {' '.join(sys.argv)}`",
-             f"- machine: {_cpu()}, {os.cpu_count()} cores; date: {datetime.date.today().isoformat()}",
+             f"- machine: {machine_description()}; date: {today()}",
              f"- input: {frames:,} MPtrj-format frames ({size_mb:.0f} MB of JSON) built from the fixture's frames", "",
              "| workers | records written | wall time, s | structures/s | peak RSS of one process, MB |",
              "|---|---|---|---|---|"]
     lines += [f"| {w} | {n:,} | {s:.1f} | {r:,.0f} | {m:.0f} |" for w, n, s, r, m in rows]
     print("\n".join(lines))
     if args.docs:
-        write_section(Path(args.docs), "### MPtrj-format conversion at scale\n\n" + "\n".join(lines))
+        body = "### MPtrj-format conversion at scale\n\n" + "\n".join(lines)
+        update_section(args.docs, "benchmarks/convert_mptrj_scale.py", body)
 
 
 if __name__ == "__main__":

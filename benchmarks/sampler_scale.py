@@ -12,15 +12,12 @@ table (best of 3 epochs); ``--docs`` also writes it into that file between this 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import re
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from matforge.training.docs_tables import machine_description, today, update_section
 
 
 def main() -> None:
@@ -48,33 +45,20 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         rows.append((label, min(times), len(batches)))
     lines = [f"- command: `python {' '.join(sys.argv)}`",
-             f"- machine: {_cpu()}, {os.cpu_count()} cores; date: {datetime.date.today().isoformat()}",
+             f"- machine: {machine_description()}; date: {today()}",
              f"- {args.structures:,} structures, {args.world_size} ranks, {args.max_atoms} atoms per batch", "",
              "| setting | epoch set-up, s (best of 3) | batches per rank |", "|---|---|---|"]
     lines += [f"| {label} | {seconds:.2f} | {count:,} |" for label, seconds, count in rows]
     print("\n".join(lines))
     if args.docs:
-        write_section(Path(args.docs), "### Sampler epoch set-up at MPtrj scale\n\n" + "\n".join(lines))
+        body = "### Sampler epoch set-up at MPtrj scale\n\n" + "\n".join(lines)
+        update_section(args.docs, "benchmarks/sampler_scale.py", body)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of ``path``, leaving the rest of the file as it is."""
-    begin, end = "<!-- benchmarks/sampler_scale.py -->", "<!-- end benchmarks/sampler_scale.py -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{begin}\n{body}\n{end}"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+
+
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from pathlib import Path
 
-    from matforge.finetune.bench_docs import machine_description, today, write_docs
+    from matforge.finetune.bench_docs import write_docs
+    from matforge.training.docs_tables import machine_description, today
     from matforge.finetune.harness import BenchError, BenchSettings, run_bench
     from matforge.finetune.report import write_report
     from matforge.finetune.tasks import default_data_root

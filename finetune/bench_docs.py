@@ -15,16 +15,13 @@ the task's published reference numbers as extra rows, so the figures are never t
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 from typing import Sequence
 
 from matforge.finetune.report import (NA, aggregate, backbone_specs, fmt, fmt_count, fmt_seconds, metric_of,
                                       ordered_strategies, row_label, size_sort_key, strategy_header)
-
-DOCS_TITLE = ("# Benchmarks\n\nTables in this file are written by the commands named in each section; "
-              "do not edit them by hand.\n")
+from matforge.training.docs_tables import machine_description, today, update_section
 
 
 def begin_marker(task: str) -> str:
@@ -33,38 +30,6 @@ def begin_marker(task: str) -> str:
 
 def end_marker(task: str) -> str:
     return f"<!-- end bench finetune: {task} -->"
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (Linux), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def machine_description() -> str:
-    """``"<CPU model>, N cores"`` (+ the GPU when torch sees one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu_model()}, {cores} cores"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            text += f", GPU {torch.cuda.get_device_name(0)}"
-    except Exception:  # noqa: BLE001 - torch absent or broken: the CPU line is enough
-        pass
-    return text
-
-
-def today() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
 def docs_section(task: str, rows: Sequence[dict], bench: dict, *, command: str, machine: str, date: str) -> str:
@@ -113,22 +78,7 @@ def docs_section(task: str, rows: Sequence[dict], bench: dict, *, command: str, 
 
 def update_docs_section(path: str | os.PathLike, task: str, body: str) -> Path:
     """Put ``body`` between the task's markers in ``path`` (atomically), keeping the rest of the file."""
-    from matforge.finetune.bench_results import write_text_atomic
-
-    path = Path(path)
-    text = path.read_text() if path.exists() else DOCS_TITLE
-    begin, end = begin_marker(task), end_marker(task)
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    start = text.find(begin)
-    if start >= 0:
-        stop = text.find(end, start)
-        if stop < 0:
-            raise ValueError(f"{path}: {begin!r} has no closing {end!r}; fix the file by hand")
-        text = text[:start] + block + text[stop + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_text_atomic(path, text)
-    return path
+    return update_section(path, f"bench finetune: {task}", body)
 
 
 def write_docs(path: str | os.PathLike, rows: Sequence[dict], bench: dict, *, command: str,

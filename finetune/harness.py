@@ -38,19 +38,18 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import numpy as np
 
 from matforge.finetune.bench_grid import (DEFAULT_STRATEGIES, SCRATCH, SCRATCH_STRATEGY, STRATEGY_ORDER,
                                           BackboneSpec, BenchError, Cell, backbone_slug, expand_grid,
                                           parse_backbones, scratch_for, size_label, slug)
 from matforge.finetune.bench_results import (RESULT_COLUMNS, headline, read_results_csv, result_row,
                                              write_json_atomic, write_results_csv, write_text_atomic)
-from matforge.finetune.folds import DEFAULT_VAL_FRACTION, FoldSplit, fold_numbers, make_folds
-from matforge.finetune.tasks import Source, Task
+from matforge.finetune.bench_data import Loader, TaskData, load_task_data
+from matforge.finetune.folds import DEFAULT_VAL_FRACTION, fold_numbers, make_folds
+from matforge.finetune.tasks import Task
 
 __all__ = ["run_bench", "run_grid", "build_specs", "load_task_data", "run_with_finetune", "BenchSettings",
            "BenchResult", "CellSpec", "TaskData", "Runner", "Loader",
@@ -59,57 +58,6 @@ __all__ = ["run_bench", "run_grid", "build_specs", "load_task_data", "run_with_f
            "SCRATCH_STRATEGY", "STRATEGY_ORDER", "backbone_slug", "expand_grid", "parse_backbones",
            "read_results_csv", "result_row", "scratch_for", "size_label", "slug", "write_json_atomic",
            "write_results_csv", "write_text_atomic"]
-
-
-# -- task data -----------------------------------------------------------------------------------
-
-@dataclass
-class TaskData:
-    """A task's converted data: what cells read, the record ids in dataset order and the folds."""
-
-    task: Task
-    data: str
-    ids: list[str]
-    groups: np.ndarray | None = None
-    test_positions: np.ndarray | None = None
-    source: Source | None = None
-    files: list[str] = field(default_factory=list)
-    dataset_id: str = ""
-    splits: dict[int, FoldSplit] = field(default_factory=dict)
-    file_sha256: list[str] = field(default_factory=list)
-
-
-Loader = Callable[[Task, "Path | None", "str | None"], TaskData]
-
-
-def load_task_data(task: Task, data_root: Path | None, cache_dir: str | None = None) -> TaskData:
-    """Convert (or open from the cache) a task's data with the fine-tuning data source."""
-    from matforge.datasets.shards import file_sha256
-    from matforge.finetune.data_source import prepare_data, record_ids
-
-    source, files, tests = task.resolve(data_root)
-    paths = [str(p) for p in files + tests]
-    ds = prepare_data(paths if len(paths) > 1 else paths[0], format=source.format, cache_dir=cache_dir)
-    ids = [str(i) for i in record_ids(ds)]
-    if len(set(ids)) != len(ids):
-        raise BenchError(f"task {task.name!r}: record ids are not unique in {paths}")
-    if task.protocol == "matbench_kfold":
-        skipped = int(getattr(ds.manifest, "num_skipped", 0) or 0)
-        if skipped or (task.num_records is not None and len(ids) != task.num_records):
-            raise BenchError(f"task {task.name!r}: the Matbench folds are defined over all "
-                             f"{task.num_records or '?'} rows in order, but {paths[0]} gave {len(ids)} records "
-                             f"({skipped} skipped)")
-    test_positions = None
-    if tests:
-        test_paths = [str(p) for p in tests]
-        test_data = prepare_data(test_paths if len(test_paths) > 1 else test_paths[0], format=source.format,
-                                 cache_dir=cache_dir)
-        test_ids = {str(i) for i in record_ids(test_data)}
-        test_positions = np.array([k for k, i in enumerate(ids) if i in test_ids], dtype=np.int64)
-        if len(test_positions) != len(test_ids):
-            raise BenchError(f"task {task.name!r}: test records of {tests} are not all in the combined data")
-    return TaskData(task, str(ds.directory), ids, np.asarray(ds.trajectory_codes), test_positions, source,
-                    paths, getattr(ds.manifest, "dataset_id", ""), file_sha256=[file_sha256(p) for p in paths])
 
 
 # -- the cell spec and the runners -----------------------------------------------------------------

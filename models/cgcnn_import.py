@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
+import pickle  # only for pickle.UnpicklingError, raised by torch.load(weights_only=True) on a refusal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -52,7 +52,7 @@ def test_validation_loss_is_the_weighted_training_loss(synth_dir) -> None:
     from matforge.models.model import AtomisticModel
     from matforge.models.objectives import build_objective
     from matforge.models.registry import create
-    from matforge.pretrain.worker import Evaluator
+    from matforge.pretrain.evaluation import Evaluator
 
     records = open_dataset(synth_dir)
     objective = build_objective("efs")

@@ -119,7 +119,7 @@ def _check_validation(rank: int, world: int) -> None:
     from matforge.models.model import AtomisticModel
     from matforge.models.objectives import build_objective
     from matforge.models.registry import create
-    from matforge.pretrain.worker import Evaluator
+    from matforge.pretrain.evaluation import Evaluator
 
     records = _records()
     objective = build_objective("efs")
