@@ -1,7 +1,9 @@
 """Driver side of ``matforge pretrain``: prepare data, start (or join) Ray, run the TorchTrainer.
 
 Locally an embedded Ray instance is started with the machine's CPUs; with ``address`` the run joins
-a cluster (``ray://`` or ``auto``). Ray Train V2 then runs ``scaling.num_workers`` workers
+a cluster (``ray://``, ``host:port`` or ``auto``; inside a Ray job, the ``RAY_ADDRESS`` the job server
+sets). Before the first step every worker checks that it sees the run directory and the data as the
+driver does (:mod:`matforge.pretrain.storage_check`). Ray Train V2 then runs ``scaling.num_workers`` workers
 (gloo on CPU, NCCL on GPU), each executing :func:`matforge.pretrain.worker.train_loop_per_worker`.
 
 Fault tolerance: ``FailureConfig(max_failures=run.max_failures)`` restarts the worker group from the
@@ -107,12 +109,18 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
                  launched_at: float | None = None) -> PretrainResult:
     """Run (or resume) the pre-training ``cfg`` describes; return where its outputs are."""
     launched_at = time.time() if launched_at is None else launched_at
+    # inside a Ray job's entrypoint (matforge cluster submit) RAY_ADDRESS names the job's cluster; ray.init
+    # reads it too, so an embedded instance could not start there anyway
+    address = address or os.environ.get("RAY_ADDRESS") or None
     check_local_gpus(cfg, address)
     from matforge.pretrain.data_prep import prepare
 
     cfg, provenance = prepare(cfg)
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     _announce_resume(run_dir, cfg, provenance)
+    from matforge.pretrain.storage_check import write_marker
+
+    storage_token = write_marker(run_dir)
     embedded = _init_ray(cfg, address) if cfg.scaling.num_workers > 0 else False
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -122,7 +130,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, export: bool =
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "provenance": provenance, "launched_at": launched_at,
-                           "embedded_ray": embedded},
+                           "embedded_ray": embedded, "storage_token": storage_token},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),

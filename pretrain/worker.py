@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from matforge.pretrain.distributed import broadcast_json, start_all_reduce_sum
 from matforge.pretrain.evaluation import Evaluator
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
 from matforge.training.schedule import LRSchedule, build_optimizer
+from matforge.pretrain.storage_check import check_worker_storage
 from matforge.pretrain.sync_timing import attach_sync_timer
 
 
@@ -92,6 +94,9 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, cfg.scaling.threads_per_worker))
     device = ray.train.torch.get_device()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    node_id = ray.get_runtime_context().get_node_id()
+    print(f"[matforge] rank {rank} of {world} on node {node_id} host {socket.gethostname()}", flush=True)
+    check_worker_storage(run_dir, payload.get("storage_token"), _dataset_digests(provenance), rank, node_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
 
@@ -316,6 +321,13 @@ def _timed(loader: Any):
         except StopIteration:
             return
         yield batch, time.perf_counter() - t0
+
+
+def _dataset_digests(provenance: dict[str, Any]) -> dict[str, str]:
+    """``{directory: manifest sha256}`` of the datasets the driver opened (see pretrain.data_prep)."""
+    found = {provenance.get("train", ""): provenance.get("dataset_manifest_sha256", "")}
+    found[provenance.get("val", "")] = provenance.get("val_manifest_sha256", "")
+    return {directory: digest for directory, digest in found.items() if directory and digest}
 
 
 def _latest_local_checkpoint(run_dir: Path) -> Path | None:
