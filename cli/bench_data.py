@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also time a DataLoader with this many worker processes (default 0: skip)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of the read and loader stages; the best is kept (default 3)")
     p.add_argument("--skip-convert", action="store_true", help="do not time the convert stage")
+    p.add_argument("--docs", default=None, metavar="FILE",
+                   help="also write the table into this markdown file (e.g. docs/benchmarks.md), between its markers")
     p.set_defaults(func=run)
 
 
@@ -222,8 +224,11 @@ def format_table(report: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     report = measure(args.directory, cutoff=args.cutoff, max_neighbors=args.max_neighbors, max_atoms=args.max_atoms,
                      records=args.records, workers=args.workers, repeats=args.repeats, skip_convert=args.skip_convert)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_table(report))
+    table = format_table(report)
+    print(json.dumps(report) if args.json else table)
+    if args.docs:
+        from matforge.training.docs_tables import printed_table_section, update_section
+
+        update_section(args.docs, "matforge bench data",
+                       printed_table_section("Data path: convert, read, graph + collate (`matforge bench data`)", table))
     return 0

@@ -33,16 +33,12 @@ Read back from the run's TensorBoard events (rank 0 writes them; every window is
 * ``first_progress_line_s``: from starting the process to its first progress line arriving here
   (the first window's end as a user sees it, through Ray's log streaming).
 
-The machine's own ceiling (``--ceiling``, default on; :mod:`matforge.cli.bench_ceiling`): after each
-repeat's runs, for each W >= 2 and each T that 1 and W workers share, the training step of the same
-config and data in one process alone and in W processes at once, without any communication. The
-report gives this ceiling and the efficiency (speed-up / ceiling) within each repeat: what is lost
-to the machine and what to DDP, gloo and Ray.
+The machine's own ceiling (W processes running the same step without communication) is measured
+beside these runs by ``benchmarks/pretrain_ceiling.py``, which calls :func:`measure` with a hook.
 
 For each W the best setting (T, L) is kept, and ``speedup_over_1[W]`` = throughput(W) /
 throughput(1), each worker count with its best setting; the speed-up at equal settings (same T and
-L: data-parallel scaling proper) is reported beside it, and issue 4's target (>= 1.7x with 2
-workers, "with the thread settings that make it true") is judged on the best equal setting. The
+L: data-parallel scaling proper) is reported beside it, with the best of those equal settings. The
 machine is usually shared: the report records the load average before and after each run, and the
 equal-setting speed-up within each repeat (runs next to each other in time), whose spread shows
 how much the machine itself varies.
@@ -59,16 +55,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 PROGRESS_PREFIX = "[matforge] step "
-TARGET_SPEEDUP_2 = 1.7   # issue 4: 2 workers over 1 on this 2-core machine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-training throughput with 1, 2, ... Ray workers and the time to the first step",
+    add_arguments(sub.add_parser("pretrain", help="pre-training throughput with 1, 2, ... Ray workers and the time to the first step",
                        description="Run `matforge pretrain` with each worker count on the same data and report "
-                                   "atoms/s, structures/s, the speed-up over 1 worker and the start-up time.")
+                                   "atoms/s, structures/s, the speed-up over 1 worker and the start-up time."))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's options (also used by ``benchmarks/pretrain_ceiling.py``)."""
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--steps", type=int, default=100, help="training steps per run (default 100)")
     p.add_argument("--workers-list", default="1,2", help="comma-separated worker counts (default 1,2; 0 = Ray "
@@ -89,11 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="windows ending before this step count as start-up (default 10; the first window always does)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable)")
-    p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
-                   help="also measure the machine's own ceiling: W independent processes running the same training "
-                        "step without communication, over one (default on)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run (default 900)")
     p.add_argument("--keep", default=None, help="keep the runs (and generated data) in this directory")
+    p.add_argument("--docs", default=None, metavar="FILE",
+                   help="also write the table into this markdown file (e.g. docs/benchmarks.md), between its markers")
     p.set_defaults(func=run)
 
 
@@ -262,8 +260,12 @@ def best_runs(runs: list[dict[str, Any]]) -> tuple[dict[tuple[int, int, int], di
     return per_setting, per_workers
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """All runs and the report (see the module docstring)."""
+AfterRepeat = Callable[[argparse.Namespace, str, list[int], int, int], list[dict[str, Any]]]
+
+
+def measure(args: argparse.Namespace, after_repeat: AfterRepeat | None = None) -> dict[str, Any]:
+    """All runs and the report (see the module docstring). ``after_repeat(args, data, worker_counts,
+    cores, repeat)``, when given, runs after each repeat's runs; what it returns is in ``report["extra"]``."""
     from matforge.pretrain.config import ConfigError, load_config
 
     counts = _int_list("--workers-list", args.workers_list, 0)
@@ -283,13 +285,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         except ConfigError as exc:
             raise SystemExit(f"matforge: error: {exc}") from None
         runs: list[dict[str, Any]] = []
-        ceilings: list[dict[str, Any]] = []
+        extra: list[dict[str, Any]] = []
         for rep in range(args.repeats):
             runs += [run_once(args, data, storage, w, t, l, rep) for w, t, l in plan]
-            if args.ceiling:
-                from matforge.cli.bench_ceiling import ceiling_runs
-
-                ceilings += ceiling_runs(args, data, counts, cores, rep)
+            if after_repeat is not None:
+                extra += after_repeat(args, data, counts, cores, rep)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -321,10 +321,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     report["speedup_2_over_1_per_repeat"] = {
         f"threads={t},loader_workers={l}": [by_run[(2, t, l, k)] / by_run[(1, t, l, k)] for k in range(args.repeats)]
         for (w, t, l) in per_setting if w == 1 and (2, t, l) in per_setting}
-    from matforge.cli.bench_ceiling import ceiling_summary
-
-    report["ceiling"] = ceilings
-    report["ceiling_per_repeat"], report["efficiency_per_repeat"] = ceiling_summary(runs, ceilings)
+    report["extra"] = extra
     return report
 
 
@@ -367,19 +364,17 @@ def format_table(report: dict[str, Any]) -> str:
         same = report["speedup_2_over_1_same_settings"]
         if same:
             setting, value = max(same.items(), key=lambda item: item[1])
-            met = "met" if value >= TARGET_SPEEDUP_2 else "NOT met"
-            lines.append(f"issue 4 target: >= {TARGET_SPEEDUP_2}x with 2 workers, with the thread settings that make it "
-                         f"true: {value:.3f}x at {setting} -> {met}")
-    for key, values in report.get("ceiling_per_repeat", {}).items():
-        lines.append(f"machine ceiling at {key} (independent processes, no communication, over one alone), each repeat: "
-                     f"{', '.join(f'{x:.2f}' for x in values)} (median {_median(values):.2f}x)")
-    for key, values in report.get("efficiency_per_repeat", {}).items():
-        lines.append(f"  Ray DDP speed-up / ceiling at {key}, each repeat: {', '.join(f'{x:.2f}' for x in values)} "
-                     f"(median {_median(values):.2f})")
+            lines.append(f"best speed-up of 2 workers over 1 at equal settings: {value:.3f}x at {setting}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     report = measure(args)
-    print(json.dumps(report) if args.json else format_table(report))
+    table = format_table(report)
+    print(json.dumps(report) if args.json else table)
+    if args.docs:
+        from matforge.training.docs_tables import printed_table_section, update_section
+
+        update_section(args.docs, "matforge bench pretrain",
+                       printed_table_section("Pre-training: 1 and 2 Ray workers (`matforge bench pretrain`)", table))
     return 0

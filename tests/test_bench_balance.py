@@ -1,4 +1,4 @@
-"""``matforge bench balance``: the excess formula (exact) and the JSON report on a tiny model.
+"""benchmarks/step_balance.py: the excess formula (exact) and the JSON report on a tiny model.
 
 No timing assertions (what the balance gains is read off the benchmark, not tested).
 """
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from matforge.cli.bench_balance import format_report, step_excess
-from matforge.cli.main import main
+from benchmark_scripts import load_benchmark
+
+step_balance = load_benchmark("step_balance")
+format_report, step_excess, main = step_balance.format_report, step_balance.step_excess, step_balance.main
 
 
 def test_step_excess_exact():
@@ -24,7 +26,7 @@ def test_step_excess_exact():
 
 
 def test_json_report_for_each_cost_model(synth_dir: Path, capsys: pytest.CaptureFixture[str]):
-    args = ["bench", "balance", "--data", str(synth_dir), "--epochs", "1", "--repeats", "1", "--json",
+    args = ["--data", str(synth_dir), "--epochs", "1", "--repeats", "1", "--json",
             "--set", "model.hyperparameters={hidden: 8, num_interactions: 1, cutoff: 4.0}", "--set", "data.max_atoms=48"]
     assert main(args) == 0
     out = capsys.readouterr().out.strip()
@@ -41,6 +43,6 @@ def test_json_report_for_each_cost_model(synth_dir: Path, capsys: pytest.Capture
 
 def test_bad_arguments_are_refused(synth_dir: Path):
     with pytest.raises(SystemExit, match="world-size"):
-        main(["bench", "balance", "--data", str(synth_dir), "--world-size", "1"])
+        main(["--data", str(synth_dir), "--world-size", "1"])
     with pytest.raises(SystemExit, match="no such shard directory"):
-        main(["bench", "balance", "--data", str(synth_dir / "missing")])
+        main(["--data", str(synth_dir / "missing")])

@@ -62,9 +62,13 @@ def test_rewrite_mode_workers_and_max_neighbors(synth_dir, capsys):
     assert report["loader_edges_per_structure"] <= 6 * report["atoms"] / report["records"]  # k = 6 per atom
 
 
-def test_table_output(synth_dir, capsys):
-    assert main(["bench", "data", str(synth_dir), "--records", "4", "--skip-convert", "--repeats", "1"]) == 0
+def test_table_output(synth_dir, tmp_path, capsys):
+    docs = tmp_path / "benchmarks.md"
+    assert main(["bench", "data", str(synth_dir), "--records", "4", "--skip-convert", "--repeats", "1",
+                 "--docs", str(docs)]) == 0
     out = capsys.readouterr().out
+    written = docs.read_text()
+    assert "<!-- matforge bench data -->" in written and out.strip() in written  # the printed table, verbatim
     assert "read (LMDB get + decode)" in out and "read+graph+collate, 1 worker" in out
     assert "convert" not in out.split("stage")[1]
     assert "loader_structures_per_s_per_worker" in out

@@ -1,30 +1,16 @@
-"""``matforge bench train``: the original-CGCNN baseline computes the original's function, and the
-command runs on tiny inputs and prints its JSON keys. No timing assertions (speed targets are read
-off the benchmark, not tested)."""
+"""``matforge bench train``: the EFS-over-energy step report on tiny inputs (JSON keys, labels,
+hyper-parameters, errors, the docs section). No timing assertions (speed is read off the benchmark)."""
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from matforge.cli.bench_original_cgcnn import OriginalCGCNN, OriginalTrainer, load_matforge_weights, original_batch
-from matforge.cli.bench_train import combine_settings, measure_in_child, tuned_malloc_env
 from matforge.cli.main import main
 from matforge.datasets.convert import convert
-from matforge.datasets.graphs import GraphConfig
-from matforge.datasets.loader import GraphDataset
-from matforge.datasets.shard_dataset import open_dataset
-from matforge.models.cgcnn import CGCNN, CGCNNHead
-from matforge.models.model import AtomisticModel
-
-import cgcnn_reference as reference
 
 FIXTURE = Path(__file__).parent / "fixtures" / "perov5" / "val.csv"
 TINY = ["--steps", "1", "--repeats", "1", "--warmup", "0", "--batches", "1"]
@@ -35,104 +21,6 @@ def perov5_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench-train") / "perov5"
     convert([FIXTURE.resolve()], out)
     return out
-
-
-def _cgcnn_batch(directory: Path):
-    graphs = GraphDataset(open_dataset(directory), GraphConfig(cutoff=8.0, max_neighbors=12, properties=("heat_all",)))
-    return graphs, graphs.collate(list(range(len(graphs))))
-
-
-def test_original_layout_matches_an_independent_featurisation(perov5_dir):
-    """Dense (N, 12) table, distance order, Gaussians and atom features equal what the reference
-    re-implementation of CIFData computes with pymatgen's neighbour search."""
-    from pymatgen.core import Lattice, Structure
-
-    graphs, batch = _cgcnn_batch(perov5_dir)
-    ob = original_batch(batch, batch.y[:, 0])
-    atom_init = reference.read_atom_init(Path(__file__).parents[1] / "models" / "data" / "atom_init.json")
-    ptr = batch.ptr.tolist()
-    assert [len(c) for c in ob.crystal_atom_idx] == [5, 5, 5]
-    for k in range(batch.num_graphs):
-        record = graphs.records[k]
-        structure = Structure(Lattice(record.cell), record.numbers.tolist(), record.positions, coords_are_cartesian=True)
-        atom_fea, nbr_fea, nbr_idx = reference.featurise(structure, atom_init)
-        rows = slice(ptr[k], ptr[k + 1])
-        assert torch.equal(ob.atom_fea[rows], atom_fea)
-        assert torch.equal(ob.crystal_atom_idx[k], torch.arange(ptr[k], ptr[k + 1]))
-        # same distances in the same (ascending) order: the Gaussians agree slot by slot
-        assert torch.allclose(ob.nbr_fea[rows], nbr_fea, atol=1e-5)
-        # same neighbours at each distance (the slots' distances agree, so pair both tables' indices
-        # with the reference's distance per slot), except at the 12th distance when it is tied and
-        # either of the tied neighbours may be kept
-        for r, neighbours in enumerate(structure.get_all_neighbors(8.0, include_index=True)):
-            dist = [round(n.nn_distance, 4) for n in sorted(neighbours, key=lambda n: n.nn_distance)[:12]]
-            ours = ob.nbr_fea_idx[ptr[k] + r].tolist()
-            theirs = (nbr_idx[r] + ptr[k]).tolist()
-            inner = [s for s in range(12) if dist[s] < dist[11]]
-            assert sorted((dist[s], ours[s]) for s in inner) == sorted((dist[s], theirs[s]) for s in inner)
-    assert torch.equal(ob.target[:, 0], batch.y[:, 0])
-
-
-def test_padding_rule_of_the_original():
-    """A centre with fewer than 12 neighbours is padded with index 0 of its crystal at radius + 1."""
-    from matforge.datasets.graphs import GraphBuilder
-    from matforge.datasets.record import Record
-
-    cell = np.eye(3) * 20.0
-    dimer = Record(id="d", numbers=np.array([6, 8]), positions=np.array([[0.0, 0, 0], [1.2, 0, 0]]), cell=cell,
-                   pbc=np.array([True, True, True]))
-    builder = GraphBuilder(GraphConfig(cutoff=8.0, max_neighbors=12))
-    batch = builder.collate([builder.parts(dimer), builder.parts(dimer)])
-    ob = original_batch(batch, torch.zeros(2))
-    assert ob.nbr_fea_idx.tolist() == [[1] + [0] * 11, [0] * 12, [3] + [2] * 11, [2] * 12]
-    step = 0.2
-    centres = torch.arange(0.0, 8.0 + step / 2, step, dtype=torch.float64)
-    expected_pad = torch.exp(-(9.0 - centres) ** 2 / step ** 2).float()
-    assert torch.allclose(ob.nbr_fea[0, 1], expected_pad)
-    assert torch.allclose(ob.nbr_fea[0, 0], torch.exp(-(1.2 - centres) ** 2 / step ** 2).float(), atol=1e-6)
-
-
-def test_original_model_equals_matforge_cgcnn_and_the_reference(perov5_dir):
-    """Same weights: the baseline's training-mode output equals matforge's cgcnn + cgcnn head and the
-    reference's functional forward; one SGD step of each gives the same weights."""
-    _, batch = _cgcnn_batch(perov5_dir)
-    torch.manual_seed(3)
-    backbone = CGCNN()
-    model = AtomisticModel(backbone, {"target": CGCNNHead(64, 128, 1, mean=1.5, std=0.7)})
-    original = OriginalCGCNN(nbr_fea_len=backbone.expansion.num_features)
-    load_matforge_weights(original, model, "target")
-    ob = original_batch(batch, batch.y[:, 0])
-    model.train()
-    original.train()
-    ours = model(batch)["properties_normalized"]
-    theirs = copy.deepcopy(original)(*ob.inputs)  # the original's BatchNorm statistics stay as loaded
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    crystals = [(ob.atom_fea[c], ob.nbr_fea[c], ob.nbr_fea_idx[c] - int(c[0])) for c in ob.crystal_atom_idx]
-    ref = reference.forward({k: v.detach() for k, v in original.state_dict().items()}, 3, 1, crystals, training=True)
-    assert torch.allclose(theirs, ref, atol=1e-5)
-
-    # one training step of each from the same start
-    optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
-    loss = torch.nn.functional.mse_loss(ours, ((batch.y[:, :1] - 1.5) / 0.7))
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    OriginalTrainer(original, 1.5, 0.7).step(ob)
-    after = original.state_dict()
-    compared = 0
-    for name, value in model.state_dict().items():
-        for prefix in ("backbone.", "heads.target."):
-            if name.startswith(prefix) and name[len(prefix):] in after:
-                assert torch.allclose(value.float(), after[name[len(prefix):]].float(), atol=1e-5), name
-                compared += 1
-    assert compared == len(after)  # every weight and BatchNorm statistic of the original
-
-
-def test_original_batch_rejects_more_than_max_neighbours(perov5_dir):
-    graphs = GraphDataset(open_dataset(perov5_dir), GraphConfig(cutoff=8.0))
-    batch = graphs.collate([0])
-    with pytest.raises(ValueError, match="more than max_num_nbr=12"):
-        original_batch(batch, torch.zeros(1))
 
 
 def _run_json(capsys, *args: str) -> dict:
@@ -147,13 +35,7 @@ def _positive(value) -> bool:
 
 
 def test_json_keys_on_perov5_rows(perov5_dir, capsys):
-    report = _run_json(capsys, str(perov5_dir), "--malloc", "current", *TINY, "--batch-size", "3", "--max-atoms", "10")
-    for key in ("cgcnn_structures_per_s", "original_cgcnn_structures_per_s", "cgcnn_atoms_per_s", "cgcnn_speedup"):
-        assert _positive(report[key]), key
-    assert report["cgcnn_speedup"] == pytest.approx(report["cgcnn_structures_per_s"] / report["original_cgcnn_structures_per_s"])
-    assert report["cgcnn_atoms_per_s"] == pytest.approx(5 * report["cgcnn_structures_per_s"])
-    assert report["cgcnn"]["batch_size"] == 3 and report["cgcnn"]["target"] == "heat_all"
-    assert report["cgcnn"]["hyperparameters"]["max_neighbors"] == 12
+    report = _run_json(capsys, str(perov5_dir), *TINY, "--max-atoms", "10")
     assert set(report["efs_over_energy"]) == {"cgcnn_smooth", "painn", "cgcnn_attention", "cgcnn"}
     assert all(_positive(v) for v in report["efs_over_energy"].values())
     assert sorted(report["efs_backbones"]) == ["cgcnn_smooth", "painn"]
@@ -161,39 +43,42 @@ def test_json_keys_on_perov5_rows(perov5_dir, capsys):
         assert entry["placeholder_labels"] is True  # perov5 has no energies, forces or stress
         assert entry["atoms_per_batch"] == 10.0  # two 5-atom cells per 10-atom budget
         assert entry["ratio"] == pytest.approx(entry["efs"]["step_ms"] / entry["energy"]["step_ms"])
-    assert report["malloc"] == "current" and report["threads"] >= 1
+        assert entry["efs"]["atoms_per_s"] == pytest.approx(5 * entry["efs"]["structures_per_s"])
+    assert report["threads"] >= 1 and report["max_atoms"] == 10
 
 
-def test_dataset_labels_are_used_when_present(synth_dir, capsys):
-    report = _run_json(capsys, str(synth_dir), "--malloc", "current", *TINY, "--skip-cgcnn", "--backbones", "painn",
-                       "--max-atoms", "40", "--threads", "1")
-    assert "cgcnn_structures_per_s" not in report
+def test_dataset_labels_and_hyperparameters(synth_dir, capsys):
+    report = _run_json(capsys, str(synth_dir), *TINY, "--backbones", "painn,cgcnn_smooth", "--max-atoms", "40",
+                       "--threads", "1", "--hyperparameter", "cutoff=3.5", "--hyperparameter", "num_radial=8",
+                       "--hyperparameter", "num_interactions=1")
     assert report["efs"]["painn"]["placeholder_labels"] is False
+    for name in ("painn", "cgcnn_smooth"):
+        hp = report["efs"][name]["hyperparameters"]
+        assert (hp["cutoff"], hp["num_radial"], hp["num_interactions"]) == (3.5, 8, 1)
     assert report["threads"] == 1
 
 
 def test_missing_or_bad_arguments_are_clear_errors(tmp_path, perov5_dir):
     with pytest.raises(SystemExit, match="needs a shard directory"):
-        main(["bench", "train", "--malloc", "current"])
+        main(["bench", "train"])
     with pytest.raises(SystemExit, match="no such shard directory"):
-        main(["bench", "train", str(tmp_path / "nope"), "--malloc", "current"])
+        main(["bench", "train", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="unknown backbone"):
-        main(["bench", "train", str(perov5_dir), "--malloc", "current", "--backbones", "schnet"])
-    with pytest.raises(SystemExit, match="no property 'band_gap'"):
-        main(["bench", "train", str(perov5_dir), "--malloc", "current", "--skip-efs", "--target", "band_gap"])
+        main(["bench", "train", str(perov5_dir), "--backbones", "schnet"])
+    with pytest.raises(SystemExit, match="width: no backbone among painn takes it"):
+        main(["bench", "train", str(perov5_dir), "--backbones", "painn", "--hyperparameter", "width=3"])
+    with pytest.raises(SystemExit, match="needs KEY=VALUE"):
+        main(["bench", "train", str(perov5_dir), "--hyperparameter", "cutoff"])
 
 
-def test_tuned_malloc_child_process(perov5_dir):
-    """The child for the "tuned" setting starts with the trainer's MALLOC_* variables; the combined
-    report takes its headline keys from it and keeps both settings."""
-    args = argparse.Namespace(directory=str(perov5_dir), steps=1, repeats=1, warmup=0, batch_size=3, max_atoms=10,
-                              batches=1, threads=1, backbones="cgcnn", target=None, skip_cgcnn=True, skip_efs=False)
-    tuned = measure_in_child(args, "tuned")
-    assert tuned["malloc_env"] == tuned_malloc_env()
-    assert set(tuned_malloc_env()) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
-    default = dict(tuned, malloc_env={}, efs_over_energy={"cgcnn": 99.0})
-    report = combine_settings({"default": default, "tuned": tuned})
-    assert report["malloc"] == "tuned"
-    assert report["efs_over_energy"] == tuned["efs_over_energy"]
-    assert report["efs_over_energy_by_malloc"]["default"] == {"cgcnn": 99.0}
-    assert report["by_malloc"]["default"]["malloc_env"] == {}
+def test_docs_section_per_setting(synth_dir, tmp_path, capsys):
+    docs = tmp_path / "benchmarks.md"
+    common = [str(synth_dir), *TINY, "--backbones", "painn", "--max-atoms", "40", "--threads", "1", "--docs", str(docs)]
+    assert main(["bench", "train", *common]) == 0
+    assert main(["bench", "train", *common, "--hyperparameter", "cutoff=3.5"]) == 0
+    printed = capsys.readouterr().out
+    text = docs.read_text()
+    assert text.count("<!-- matforge bench train -->") == 1
+    assert text.count("<!-- matforge bench train cutoff=3.5 -->") == 1
+    row = next(line for line in printed.splitlines() if line.startswith("painn "))
+    assert row in text  # the figures are the printed ones

@@ -74,3 +74,26 @@ def update_section(path: str | os.PathLike, name: str, body: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it (``matforge ...`` or ``python script ...``)."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    head = os.path.basename(argv[0]) if argv else "python"
+    if head in ("matforge", "__main__.py", "main.py"):
+        head = "matforge"
+    elif head.endswith(".py"):
+        head = f"python {os.path.relpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]}"
+    return " ".join([head, *(shlex.quote(a) for a in argv[1:])])
+
+
+def printed_table_section(title: str, table: str, command: str | None = None, markdown: bool = False) -> str:
+    """A section body for a benchmark whose table is the text it prints: title, command, machine, date
+    and the printed table verbatim (a fenced block, or as it is when it is ``markdown`` already), so the
+    figures are exactly what the command said."""
+    shown = table.rstrip() if markdown else f"```text\n{table.rstrip()}\n```"
+    return (f"### {title}\n\n- command: `{command or command_line()}`\n"
+            f"- machine: {machine_description()}; date: {today()}\n\n{shown}")

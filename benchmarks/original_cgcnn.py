@@ -1,4 +1,4 @@
-"""The ORIGINAL CGCNN training step, re-implemented as the baseline of ``matforge bench train``.
+"""A re-implementation of the original CGCNN training step: the baseline of ``benchmarks/cgcnn_vs_original.py``.
 
 Written from Xie & Grossman's released code (github.com/txie-93/cgcnn: ``cgcnn/model.py``,
 ``cgcnn/data.py`` ``collate_pool``, ``main.py`` ``train``), keeping its data layout and its
@@ -32,8 +32,8 @@ Parameter names are the original's (``embedding``, ``convs.k.fc_full``, ``convs.
 ``cgcnn`` backbone with a ``cgcnn`` head into it; the tests use that to check both compute the
 same function.
 
-This module is imported only inside ``matforge bench train``'s ``run`` (never by ``--help``); it
-imports torch at the top because it defines ``nn.Module`` classes.
+It is a re-implementation, not the original code: the original is not a package one can install.
+A benchmark script (not part of the installed package); the tests load it from ``benchmarks/``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``matforge bench balance``: how evenly each cost model splits a data-parallel step's work.
+"""How evenly each cost model of the step balance splits a data-parallel step's work.
+
+    python benchmarks/step_balance.py [--data DIR] [--world-size 2] [--docs docs/benchmarks.md]
 
 In synchronous data-parallel training each step lasts as long as its slowest rank. For W ranks and
 each cost model of the step balance (:mod:`matforge.datasets.step_balance`), this deals the
@@ -24,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("balance", help="how evenly each step-balance cost model splits a step across ranks",
-                       description="Time every rank's batches of a W-worker epoch in one process, for each cost "
-                                   "model of the step balance, and report the slowest rank's excess per step.")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Time every rank's batches of a W-worker epoch in one process, for each "
+                                            "cost model of the step balance, and report the slowest rank's excess per step.")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--data", default=None, help="shard directory (default: EMT structures generated into a "
                                                 "temporary directory, as the quick start does)")
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=2, help="epochs of batches to time (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per batch; the fastest counts (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as one worker per core)")
-    p.set_defaults(func=run)
+    p.add_argument("--docs", default=None, help="markdown file whose section of this script is replaced")
+    return p
 
 
 def step_excess(seconds: Any) -> float:
@@ -53,15 +55,22 @@ def step_excess(seconds: Any) -> float:
     return float(t.max(axis=0).sum() / t.mean(axis=0).sum() - 1.0)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.world_size < 2 or args.epochs < 1 or args.repeats < 1 or args.threads < 1:
-        raise SystemExit("matforge: error: --world-size >= 2, --epochs, --repeats and --threads >= 1 are needed")
+        raise SystemExit("step_balance: error: --world-size >= 2, --epochs, --repeats and --threads >= 1 are needed")
     with tempfile.TemporaryDirectory(prefix="matforge-bench-balance-") as tmp:
         report = measure(args, Path(tmp))
     if args.json:
         print(json.dumps(report))
-    else:
-        print(format_report(report))
+        return 0
+    table = format_report(report)
+    print(table)
+    if args.docs:
+        from matforge.training.docs_tables import printed_table_section, update_section
+
+        update_section(args.docs, "benchmarks/step_balance.py",
+                       printed_table_section("Step balance across ranks", table))
     return 0
 
 
@@ -92,7 +101,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           cache_mb=1024, **({"transform": transform} if transform is not None else {}))
     neighbours = neighbours_per_atom(records.natoms, records.volume, cutoff)
     if neighbours is None:
-        raise SystemExit(f"matforge: error: {data}: no cell volumes; every cost model reduces to the atom count")
+        raise SystemExit(f"step_balance: error: {data}: no cell volumes; every cost model reduces to the atom count")
     device = torch.device("cpu")
     started = time.perf_counter()
     fit = calibrate_cost_weights(model, objective, graphs.collate, records.natoms, neighbours, cfg.data.max_atoms,
@@ -124,7 +133,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def _data(args: argparse.Namespace, workdir: Path) -> tuple[str, str | None, str]:
     if args.data:
         if not Path(args.data).is_dir():
-            raise SystemExit(f"matforge: error: {args.data}: no such shard directory")
+            raise SystemExit(f"step_balance: error: {args.data}: no such shard directory")
         return str(Path(args.data).resolve()), args.split, f"{args.data}" + (f" (split {args.split})" if args.split else "")
     from matforge.datasets.synth import write_synth
 
@@ -144,3 +153,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("(excess: time per step the faster ranks wait for the slowest, timed one batch at a time in one "
                  "process)")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

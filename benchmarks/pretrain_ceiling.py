@@ -1,10 +1,13 @@
 """The machine's own data-parallel ceiling: P independent processes running the pre-training step.
 
+    python benchmarks/pretrain_ceiling.py [matforge bench pretrain options] [--docs docs/benchmarks.md]
+
 Data-parallel training with P workers can at best do what P processes running the same training
 step *without any communication* do: on a small shared machine the caches, the memory bandwidth and
 the hypervisor's CPU time limit two processes long before DDP, gloo or Ray add anything. ``matforge
-bench pretrain`` runs this beside the Ray runs (same data, config and overrides, each process with
-the thread and allocator settings of a Ray worker) so that its report separates the two:
+bench pretrain``'s runs are made by this script with this measurement after each repeat (same data,
+config and overrides, each process with the thread settings of a Ray worker), so that its report
+separates the two:
 
     ceiling(P)    = Σ_p atoms/s of process p (P at once)  /  atoms/s of one process alone
                     (the mean of a lone run before and one after the P processes)
@@ -83,7 +86,7 @@ def run_processes(data: str, config: str, overrides: list[str], steps: int, proc
                   env: dict[str, str], timeout: float) -> list[dict[str, float]]:
     """Start ``processes`` children at once (seeds 0..P-1: different batches); their figures."""
     def command(seed: int) -> list[str]:
-        return [sys.executable, "-m", "matforge.cli.bench_ceiling", CHILD_FLAG, json.dumps(
+        return [sys.executable, __file__, CHILD_FLAG, json.dumps(
             {"data": data, "config": config, "overrides": overrides, "steps": steps, "seed": seed})]
 
     procs = [subprocess.Popen(command(k), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -93,11 +96,11 @@ def run_processes(data: str, config: str, overrides: list[str], steps: int, proc
         for proc in procs:
             stdout, stderr = proc.communicate(timeout=timeout)
             if proc.returncode != 0:
-                raise SystemExit(f"matforge: error: bench pretrain: a ceiling process exited with "
+                raise SystemExit(f"pretrain_ceiling: error: a ceiling process exited with "
                                  f"{proc.returncode}:\n{stderr.strip()[-2000:]}")
             results.append(json.loads(stdout.strip().splitlines()[-1]))
     except subprocess.TimeoutExpired:
-        raise SystemExit(f"matforge: error: bench pretrain: a ceiling process took longer than {timeout:.0f} s") from None
+        raise SystemExit(f"pretrain_ceiling: error: a ceiling process took longer than {timeout:.0f} s") from None
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -162,8 +165,44 @@ def _child_main(spec: str) -> None:
                                      int(args["seed"]))), flush=True)
 
 
+def format_ceiling(report: dict[str, Any]) -> str:
+    """The ceiling and efficiency lines of a report with ``ceiling_per_repeat``/``efficiency_per_repeat``."""
+    from matforge.cli.bench_pretrain import _median
+
+    lines = []
+    for key, values in report.get("ceiling_per_repeat", {}).items():
+        lines.append(f"machine ceiling at {key} (independent processes, no communication, over one alone), each repeat: "
+                     f"{', '.join(f'{x:.2f}' for x in values)} (median {_median(values):.2f}x)")
+    for key, values in report.get("efficiency_per_repeat", {}).items():
+        lines.append(f"  Ray DDP speed-up / ceiling at {key}, each repeat: {', '.join(f'{x:.2f}' for x in values)} "
+                     f"(median {_median(values):.2f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from matforge.cli.bench_pretrain import add_arguments, format_table, measure
+
+    parser = argparse.ArgumentParser(description="matforge bench pretrain, with the machine's own ceiling after "
+                                                 "each repeat")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    report = measure(args, after_repeat=ceiling_runs)
+    report["ceiling"] = report.pop("extra")
+    report["ceiling_per_repeat"], report["efficiency_per_repeat"] = ceiling_summary(report["runs"], report["ceiling"])
+    table = format_table(report) + ("\n" + format_ceiling(report) if report["ceiling"] else "")
+    print(json.dumps(report) if args.json else table)
+    if args.docs:
+        from matforge.training.docs_tables import printed_table_section, update_section
+
+        update_section(args.docs, "benchmarks/pretrain_ceiling.py", printed_table_section(
+            "Pre-training: 1 and 2 Ray workers against the machine's own ceiling", table))
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
         _child_main(sys.argv[2])
     else:
-        raise SystemExit(f"usage: python -m matforge.cli.bench_ceiling {CHILD_FLAG} JSON (started by matforge bench pretrain)")
+        raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Timing training steps fairly: contenders run alternating rounds over batches built beforehand.
+
+A :class:`Contender` is a step function and the batches it cycles through. :func:`race` warms each
+up, then runs ``repeats`` rounds of ``steps`` steps, alternating between the contenders, so that a
+change of load on a shared machine hits all of them; each keeps its best round. Reported per
+contender: ``step_ms``, ``structures_per_s`` and ``atoms_per_s`` of the best round, and every
+round's ms per step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+
+def index_groups(count: int, size: int, batches: int, seed: int = 0) -> list[list[int]]:
+    """Up to ``batches`` disjoint groups of ``size`` shuffled record indices (fewer if data is short)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(count)
+    full = max(1, count // size)
+    return [order[k * size:(k + 1) * size].tolist() for k in range(min(batches, full))]
+
+
+class Contender:
+    """A step function and the batches it cycles through; ``structures``/``atoms`` per batch."""
+
+    def __init__(self, name: str, step: Callable[[Any], Any], batches: Sequence[Any],
+                 structures: Sequence[int], atoms: Sequence[int]) -> None:
+        self.name, self.step, self.batches = name, step, list(batches)
+        self.structures, self.atoms = list(structures), list(atoms)
+        self.next = 0
+        self.rounds: list[dict[str, float]] = []
+
+    def run(self, steps: int) -> dict[str, float]:
+        """``steps`` steps from where the last round stopped; seconds, structures and atoms done."""
+        structures = atoms = 0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            k = self.next % len(self.batches)
+            self.step(self.batches[k])
+            structures += self.structures[k]
+            atoms += self.atoms[k]
+            self.next += 1
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds, "steps": steps, "structures": structures, "atoms": atoms}
+
+    def best(self) -> dict[str, Any]:
+        """The best round's ms per step and rates, and every round's ms per step."""
+        r = min(self.rounds, key=lambda r: r["seconds"] / r["steps"])
+        s = max(r["seconds"], 1e-12)
+        return {"step_ms": 1e3 * s / r["steps"], "structures_per_s": r["structures"] / s, "atoms_per_s": r["atoms"] / s,
+                "rounds_step_ms": [1e3 * x["seconds"] / x["steps"] for x in self.rounds]}
+
+
+def race(contenders: Sequence[Contender], steps: int, repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """Warm up each, then ``repeats`` alternating rounds of ``steps``; the best round of each."""
+    for c in contenders:
+        c.run(warmup)
+    for _ in range(max(1, repeats)):
+        for c in contenders:
+            c.rounds.append(c.run(max(1, steps)))
+    return {c.name: c.best() for c in contenders}
