@@ -204,6 +204,13 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (a shard directory)")
+    for key, value in [("run.storage_path", cfg.run.storage_path), ("data.train", cfg.data.train),
+                       ("data.val", cfg.data.val)]:
+        if value and "://" in value:
+            raise ConfigError(f"{key}: {value!r} is a URI; matforge reads data and writes runs (checkpoints, "
+                              "TensorBoard, export) on a filesystem path, which on a cluster must be shared storage "
+                              "mounted at the same path on every node (NFS, Lustre, EFS, Filestore; or a bucket "
+                              "mounted with a FUSE driver such as s3fs or gcsfuse)")
     _check_hyperparameters(cfg)
     if cfg.data.val is None and cfg.data.val_split:
         cfg.data.val = cfg.data.train  # a val split of the training directory

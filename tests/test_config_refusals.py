@@ -30,6 +30,13 @@ def test_energy_and_property_objectives_take_any_backbone() -> None:
         assert load_config("efs", [*BASE, f"objective={objective}", "model.name=cgcnn"]).objective == objective
 
 
+@pytest.mark.parametrize("key", ["run.storage_path", "data.train", "data.val"])
+def test_uris_are_refused_with_the_shared_storage_advice(key: str) -> None:
+    """An s3:// run directory used to become a local folder named 's3:' on the driver."""
+    with pytest.raises(ConfigError, match=rf"{key}: 's3://bucket/x' is a URI.*same path on every node"):
+        load_config("efs", [*BASE, f"{key}=s3://bucket/x"])
+
+
 def test_strided_shares_hold_every_record_once() -> None:
     from matforge.datasets.sampler import strided_share
 
