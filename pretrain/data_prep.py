@@ -27,19 +27,32 @@ def manifest_sha256(directory: str) -> str:
     return hashlib.sha256((Path(directory) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
+SYNTH_COMMAND = "matforge pretrain (data.synth)"  # the manifest's command of data generated here
+
+
 def ensure_synth(cfg: PretrainConfig) -> None:
-    """Generate and split the EMT dataset the config asks for, if it is not there yet."""
+    """Generate and split the EMT dataset the config asks for, if it is not there yet.
+
+    Only into a missing or empty directory, and splits only into data generated here: a user's
+    directory (a mistyped dataset path, a dataset without splits) is never written to."""
     synth = cfg.data.synth
     train = Path(cfg.data.train)
     if synth.structures <= 0:
         return
+    from matforge.datasets.manifest import Manifest
     from matforge.datasets.splits import write_splits
     from matforge.datasets.synth import write_synth
 
     if not (train / "manifest.json").is_file():
+        if train.exists() and (not train.is_dir() or any(train.iterdir())):
+            raise ValueError(f"data.train: {train} exists and is not a matforge dataset (no manifest.json); EMT data "
+                             "(data.synth.structures > 0) is generated only into a missing or empty directory. Point "
+                             "data.train at shards made by `matforge data convert`, or set data.synth.structures=0")
         print(f"[matforge] generating {synth.structures} EMT structures into {train}", flush=True)
         write_synth(train, synth.structures, seed=synth.seed, elements=synth.elements, max_atoms=synth.max_atoms,
-                    command="matforge pretrain (data.synth)")
+                    command=SYNTH_COMMAND)
+    if Manifest.read(train).command != SYNTH_COMMAND:
+        return  # a dataset of the user's: its splits are made with `matforge data split`
     if not (train / "splits" / "split.json").is_file():
         fractions = [1.0 - synth.val_fraction, synth.val_fraction]
         write_splits(train, fractions, names=["train", "val"], group="trajectory", seed=synth.seed)

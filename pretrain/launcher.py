@@ -49,8 +49,8 @@ def check_local_gpus(cfg: PretrainConfig, address: str | None) -> None:
     """Refuse a GPU run that this machine cannot hold, before anything starts.
 
     An embedded Ray instance has only this machine's GPUs. Asked for more (or for any where torch sees
-    none), Ray Train would wait for resources that never come, give up after 60 s and try again, up to
-    ``run.max_failures`` times. A cluster joined with ``--address`` is not checked: it may have (or add)
+    none), Ray Train would wait for resources that never come: it gives up on a worker group after 60 s
+    and tries again, without limit (these retries do not count against ``run.max_failures``). A cluster joined with ``--address`` is not checked: it may have (or add)
     GPU nodes this machine does not see.
     """
     if address or not cfg.scaling.use_gpu:

@@ -41,3 +41,25 @@ def test_dataset_digest_must_match_the_drivers(tmp_path: Path, synth_dir: Path) 
         check_dataset(str(copy), digest, rank=1, node_id="n1")
     with pytest.raises(StorageCheckError, match=r"rank 2 .*cannot read the dataset .*missing"):
         check_worker_storage(tmp_path, None, {str(tmp_path / "missing"): digest}, rank=2)
+
+
+def test_synth_never_writes_into_a_users_directory(tmp_path: Path, synth_dir: Path) -> None:
+    """data.synth generates only into a missing or empty directory, and splits only data it generated."""
+    from matforge.pretrain.config import load_config
+    from matforge.pretrain.data_prep import ensure_synth
+
+    mistyped = tmp_path / "mptrj"
+    mistyped.mkdir()
+    (mistyped / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"mptrj exists and is not a matforge dataset .*data.synth.structures=0"):
+        ensure_synth(load_config("efs", [f"data.train={mistyped}"]))
+    assert [p.name for p in mistyped.iterdir()] == ["notes.txt"]
+    users = tmp_path / "users"
+    shutil.copytree(synth_dir, users)  # a dataset without splits, made by someone else
+    shutil.rmtree(users / "splits", ignore_errors=True)
+    before = sorted(p.relative_to(users) for p in users.rglob("*"))
+    ensure_synth(load_config("efs", [f"data.train={users}"]))
+    assert sorted(p.relative_to(users) for p in users.rglob("*")) == before
+    fresh = tmp_path / "fresh"
+    ensure_synth(load_config("efs", [f"data.train={fresh}", "data.synth.structures=12"]))
+    assert (fresh / "manifest.json").is_file() and (fresh / "splits" / "split.json").is_file()
