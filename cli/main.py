@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "matforge.cli.predict",
     "matforge.cli.finetune",
     "matforge.cli.backbones",
+    "matforge.cli.cluster",
     "matforge.cli.bench",
 ]
 
