@@ -31,7 +31,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterator, Literal, Mapping
+from typing import Callable, Iterator, Literal, Mapping
 from urllib.parse import urlsplit
 
 from matforge.cluster.errors import ClusterError
@@ -175,11 +175,18 @@ def job_server_url(address: ClusterAddress, timeout_s: float = CONNECT_TIMEOUT_S
     else:
         url = _ask_ray(lambda: _gcs_lookup(None), where, local=True)
     host, port = host_port(url, 80)
-    check_reachable(host, port, f"the dashboard at {url}, which {where} lists", timeout_s,
-                    hint="the head runs without the dashboard's job server (ray start --include-dashboard=false, or "
-                         "ray installed without [default]); restart the head with the dashboard: ray start --head "
-                         "--include-dashboard=true --dashboard-host=0.0.0.0")
+    hint = ("the head runs without the dashboard's job server (ray start --include-dashboard=false, or ray installed "
+            "without [default]); restart the head with the dashboard: ray start --head --include-dashboard=true "
+            "--dashboard-host=0.0.0.0")
+    if _loopback(host) and not (address.value and _loopback(host_port(address.value, 0)[0])):
+        hint = (f"the dashboard listens on the head's loopback only (--dashboard-host=127.0.0.1): tunnel to it "
+                f"(ssh -L {port}:127.0.0.1:{port} HEAD) and pass --address http://127.0.0.1:{port}; or {hint}")
+    check_reachable(host, port, f"the dashboard at {url}, which {where} lists", timeout_s, hint=hint)
     return url.rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _gcs_lookup(gcs_address: str | None) -> str:
@@ -218,7 +225,7 @@ def _client_lookup(client_address: str) -> str:
         return ray_client_address_to_api_server_url(client_address)
 
 
-def _ask_ray(lookup, where: str, local: bool = False) -> str:  # noqa: ANN001 - a zero-argument callable
+def _ask_ray(lookup: Callable[[], str], where: str, local: bool = False) -> str:
     """Run one of Ray's dashboard-URL lookups; its failures become one-line :class:`ClusterError`\\ s."""
     try:
         return lookup()
@@ -231,6 +238,14 @@ def _ask_ray(lookup, where: str, local: bool = False) -> str:  # noqa: ANN001 - 
             raise ClusterError(auth_failure_message(403 if token_auth_enabled() else 401, where)) from None
         if local:
             raise ClusterError(
-                "no Ray cluster address: pass --address http://HEAD:8265, or set RAY_API_SERVER_ADDRESS (or "
-                f"RAY_ADDRESS); none was found on this machine either ({err})") from None
-        raise ClusterError(f"cannot find the job server of {where}: {err}") from None
+                "no Ray cluster address given (--address http://HEAD:8265, RAY_API_SERVER_ADDRESS or RAY_ADDRESS), "
+                f"and looking on this machine: {_gist(err)}") from None
+        raise ClusterError(f"cannot find the job server of {where}: {_gist(err)}") from None
+
+
+def _gist(err: BaseException) -> str:
+    """The message of ``err``; of a remote traceback carried in it, only the last line (the error)."""
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        return text.splitlines()[-1].strip()
+    return text

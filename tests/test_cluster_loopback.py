@@ -39,7 +39,8 @@ import pytest
 
 psutil = pytest.importorskip("psutil")  # comes with ray[default]
 
-pytestmark = pytest.mark.integration
+# a stuck test is stopped (and its clusters torn down by the fixtures) well before CI gives up
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 RAY_CLI = Path(sys.executable).with_name("ray")
 RANK_LINE = re.compile(r"\[matforge\] rank (\d+) of (\d+) on node ([0-9a-f]+) host (\S+)")
@@ -140,11 +141,11 @@ class LocalCluster:
     def __init__(self, root: Path, env: dict[str, str], head_args: tuple[str, ...] = ()) -> None:
         self.root, self.env = root, env
         root.mkdir(parents=True, exist_ok=True)
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         self.nodes: list[RayNode] = []
         self.head = self._start("head", ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
                                          f"--dashboard-port={self.dashboard_port}",
-                                         f"--ray-client-server-port={free_port()}", *head_args])
+                                         f"--ray-client-server-port={self.client_port}", *head_args])
 
     @property
     def url(self) -> str:
@@ -295,6 +296,11 @@ def test_two_node_job_succeeds_with_one_rank_per_node(two_nodes: LocalCluster, t
     assert logs.returncode == 0 and ranks_by_node(logs.stdout) == ranks_by_node(done.stdout)
     # the GCS address (what ray start prints) finds the same job server
     assert cli("cluster", "status", "mf-two-nodes", "--address", two_nodes.gcs_address).returncode == 0
+    taken = cli("cluster", "submit", "--address", two_nodes.url, "--submission-id", "mf-two-nodes", "--no-wait",
+                "--", "true")
+    assert taken.returncode == 2 and "submission id 'mf-two-nodes' is taken" in one_error_line(taken.stderr)
+    ended = cli("cluster", "stop", "mf-two-nodes", "--address", two_nodes.url)
+    assert ended.returncode == 0 and "SUCCEEDED: Job finished successfully. (it had already ended)" in ended.stdout
 
     run_dir = tmp_path / "two-nodes"
     assert list(run_dir.glob("checkpoint_*/state.json")), sorted(run_dir.iterdir())
@@ -360,10 +366,18 @@ def test_token_auth(token_head: tuple[LocalCluster, str], tmp_path: Path) -> Non
     home = tmp_path / "home"  # no ~/.ray/auth_token here
     home.mkdir()
     right = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, HOME=str(home))
-    done = cli("cluster", "submit", "--address", cluster.url, "--entrypoint-num-cpus", "0", "--",
-               sys.executable, "-c", "print('token accepted')", env=right)
+    code = tmp_path / "code"  # uploaded as the working directory (an authenticated upload)
+    code.mkdir()
+    (code / "hello.txt").write_text("uploaded\n")
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("env_vars: {GREETING: from-file, OTHER: kept}\n")
+    done = cli("cluster", "submit", "--address", cluster.url, "--runtime-env", str(env_file), "--working-dir", str(code),
+               "--env", "GREETING=from-flag", "--entrypoint-num-cpus", "0", "--", sys.executable, "-c",
+               "import os; print('token accepted', open('hello.txt').read().strip(), os.environ['GREETING'], "
+               "os.environ['OTHER'])", env=right)
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert "token accepted" in done.stdout  # the log stream (a websocket) carried the token too
+    # the log stream (a websocket) carried the token too; the runtime env arrived merged
+    assert "token accepted uploaded from-flag kept" in done.stdout
     job_id = done.stdout.splitlines()[0]
 
     token_file = tmp_path / "token.txt"

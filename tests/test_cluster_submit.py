@@ -171,6 +171,27 @@ def test_host_port_answering_as_a_dashboard_is_taken_as_its_url(fake_dashboard: 
     assert job_server_url(ClusterAddress(f"http://127.0.0.1:{fake_dashboard}/", "RAY_ADDRESS")) == f"http://127.0.0.1:{fake_dashboard}"
 
 
+def test_ray_lookup_failures_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matforge.cluster.address import _ask_ray
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+
+    def remote_failure() -> str:
+        raise ConnectionError("Initialization failure from server:\nTraceback (most recent call last):\n  File \"x.py\", "
+                              "line 1, in f\nRuntimeError: Starting Ray client server failed.")
+
+    with pytest.raises(ClusterError) as exc:
+        _ask_ray(remote_failure, "ray://h:10001 (from --address)")
+    assert str(exc.value) == ("cannot find the job server of ray://h:10001 (from --address): "
+                              "RuntimeError: Starting Ray client server failed.")
+
+    def refused() -> str:
+        raise RuntimeError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+
+    with pytest.raises(ClusterError, match="requires token authentication"):
+        _ask_ray(refused, "h:6379 (from --address)")
+
+
 def test_address_variables_are_cleared_while_the_client_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "elsewhere:6379")
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://elsewhere:8265")
