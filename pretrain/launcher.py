@@ -78,6 +78,30 @@ def _announce_resume(run_dir: Path, cfg: PretrainConfig, provenance: dict[str, s
           + (" with changed settings: " + "; ".join(changes) if changes else ""), flush=True)
 
 
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job server for a job's entrypoint
+
+
+def without_job_settings(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """``runtime_env`` less what the enclosing Ray job's runtime env already sets.
+
+    Inside a job (``matforge cluster submit --env OMP_NUM_THREADS=4``), Ray refuses a driver runtime env
+    that sets the same environment variable or field again; the job's value is the user's choice, so
+    it is kept and matforge's default for that key is dropped."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
+    except ValueError:
+        return runtime_env
+    job_env = (job.get("runtime_env") or {}) if isinstance(job, dict) else {}
+    if not isinstance(job_env, dict) or not job_env:
+        return runtime_env
+    taken = set((job_env.get("env_vars") or {}))
+    kept = {k: v for k, v in runtime_env.items() if k == "env_vars" or k not in job_env}
+    kept["env_vars"] = {k: v for k, v in runtime_env.get("env_vars", {}).items() if k not in taken}
+    return kept
+
+
 def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
     """Start (or join) Ray; True when this started an embedded instance of its own."""
     import ray
@@ -88,7 +112,7 @@ def _init_ray(cfg: PretrainConfig, address: str | None) -> bool:
 
     runtime_env: dict[str, Any] = {"env_vars": worker_env(cfg), "worker_process_setup_hook": SETUP_HOOK}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=without_job_settings(runtime_env), log_to_driver=True)
         return False
     needed = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     cpus = os.cpu_count() or 1

@@ -63,3 +63,19 @@ def test_synth_never_writes_into_a_users_directory(tmp_path: Path, synth_dir: Pa
     fresh = tmp_path / "fresh"
     ensure_synth(load_config("efs", [f"data.train={fresh}", "data.synth.structures=12"]))
     assert (fresh / "manifest.json").is_file() and (fresh / "splits" / "split.json").is_file()
+
+
+def test_inside_a_job_the_jobs_own_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray refuses a driver runtime env that repeats a key of the job's (matforge cluster submit --env)."""
+    import json
+
+    from matforge.pretrain.launcher import JOB_CONFIG_ENV, without_job_settings
+
+    ours = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "worker_process_setup_hook": "x.y"}
+    monkeypatch.delenv(JOB_CONFIG_ENV, raising=False)
+    assert without_job_settings(ours) == ours
+    monkeypatch.setenv(JOB_CONFIG_ENV, json.dumps({"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "4"},
+                                                                   "worker_process_setup_hook": "mine.hook"}}))
+    assert without_job_settings(ours) == {"env_vars": {"MKL_NUM_THREADS": "1"}}
+    monkeypatch.setenv(JOB_CONFIG_ENV, json.dumps({"runtime_env": {"pip": ["x"]}}))
+    assert without_job_settings(ours) == ours
