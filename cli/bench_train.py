@@ -6,7 +6,9 @@ step of ``matforge pretrain`` with objective ``energy`` and with ``efs`` (forces
 (1/V) ∂E/∂ε by autograd with ``create_graph``, loss, backward, gradient clipping, AdamW) runs on the
 same atom-budget batches (``--max-atoms``), built before timing so the data loader is not measured,
 in alternating rounds (:mod:`matforge.cli.step_timing`). Reported per backbone: structures/s,
-atoms/s and ms per step of each objective, and EFS ms / energy ms.
+atoms/s and ms per step of each objective, EFS ms / energy ms, and the memory the autograd graph of
+an EFS step holds when its backward starts (:func:`saved_graph_mb`), in total and per atom: with the
+weights and optimiser state, what sets the atoms per batch a GPU can take.
 
 Labels the dataset lacks (perov5 has no energies, forces or stress) are filled with fixed random
 values: the cost of a step does not depend on them. ``cgcnn`` and ``cgcnn_attention`` are not EFS
@@ -40,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated backbones (default {','.join(BACKBONES)})")
     p.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone argument for every backbone that takes it, e.g. cutoff=8.0 (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--kernels", default=None, choices=("auto", "compiled", "eager"),
+                   help="the smooth CGCNN's element-wise kernels: compiled (torch.compile) or eager "
+                        "(default: $MATFORGE_KERNELS, else auto = compiled where compiling works)")
     p.add_argument("--docs", default=None, metavar="FILE",
                    help="also write the table into this markdown file (e.g. docs/benchmarks.md), between its markers")
     p.set_defaults(func=run)
@@ -49,13 +55,9 @@ def parse_hyperparameters(items: Sequence[str]) -> dict[str, Any]:
     """``["cutoff=8.0", "hidden=100"]`` → ``{"cutoff": 8.0, "hidden": 100}`` (values parsed as YAML scalars)."""
     import yaml
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"matforge: error: --hyperparameter needs KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    from matforge.cli.data_convert import parse_options
+
+    return {key: yaml.safe_load(value) for key, value in parse_options(list(items)).items()}
 
 
 def backbone_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +104,28 @@ def fill_missing_labels(batch, seed: int) -> bool:
     return filled
 
 
+def saved_graph_mb(model, objective, batch) -> float:
+    """MB the autograd graph of one training step holds when its backward starts (the step's peak
+    beyond weights and optimiser state): the distinct storages autograd saved for backward, counted
+    by ``torch.autograd.graph.saved_tensors_hooks`` during the forward, forces/stress and loss."""
+    import torch
+
+    seen: dict[tuple[int, str], int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), str(tensor.device))] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = objective.loss(model(batch, **objective.forward_options(training=True)), batch)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values()) / 2**20
+
+
 def bench_efs_ratio(ds, name: str, max_atoms: int, batches: int, steps: int, repeats: int, warmup: int,
-                    hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
+                    hyperparameters: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Energy and EFS steps of backbone ``name`` on the same batches; their figures and ratio."""
     import torch
 
@@ -123,8 +145,11 @@ def bench_efs_ratio(ds, name: str, max_atoms: int, batches: int, steps: int, rep
     placeholder = False
     for k, b in enumerate(built):
         placeholder |= fill_missing_labels(b, seed=k)
+    target = torch.device(device)
+    built = [b.to(target) for b in built]
     energy, efs = build_objective("energy"), build_objective("efs")
-    model = AtomisticModel(backbone, efs.build_heads(backbone))  # the same EnergyHead for both objectives
+    model = AtomisticModel(backbone, efs.build_heads(backbone)).to(target)  # one EnergyHead for both objectives
+    sync = torch.cuda.synchronize if target.type == "cuda" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -142,19 +167,27 @@ def bench_efs_ratio(ds, name: str, max_atoms: int, batches: int, steps: int, rep
 
     sizes = [b.num_graphs for b in built]
     atoms = [int(b.num_nodes) for b in built]
-    results = race([Contender("energy", step_of(energy), built, sizes, atoms),
-                    Contender("efs", step_of(efs), built, sizes, atoms)], steps, repeats, warmup)
+    graph_mb = {name: saved_graph_mb(model, objective, built[0]) for name, objective in (("energy", energy), ("efs", efs))}
+    results = race([Contender("energy", step_of(energy), built, sizes, atoms, sync),
+                    Contender("efs", step_of(efs), built, sizes, atoms, sync)], steps, repeats, warmup)
+    peak_mb = None
+    if target.type == "cuda":  # the device's own count, for one EFS step from a clean start
+        torch.cuda.reset_peak_memory_stats(target)
+        step_of(efs)(built[0])
+        peak_mb = torch.cuda.max_memory_allocated(target) / 2**20
     return {"efs_backbone": bool(backbone.smooth), "hyperparameters": backbone.hparams,
             "parameters": sum(p.numel() for p in model.parameters()), "batches": len(built),
             "atoms_per_batch": sum(atoms) / len(atoms),
             "edges_per_atom": sum(int(b.edge_index.shape[1]) for b in built) / sum(atoms),
             "placeholder_labels": placeholder, "energy": results["energy"], "efs": results["efs"],
+            "graph_mb": graph_mb, "efs_graph_kb_per_atom": 1024 * graph_mb["efs"] / atoms[0],
+            "device": str(target), "cuda_peak_mb": peak_mb,
             "ratio": results["efs"]["step_ms"] / results["energy"]["step_ms"]}
 
 
 def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup: int = 2, max_atoms: int = 1280,
             batches: int = 4, threads: int | None = None, backbones: Sequence[str] = BACKBONES,
-            hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
+            hyperparameters: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """The report (see the module docstring) as one JSON-ready dict."""
     import torch
 
@@ -177,10 +210,11 @@ def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup:
     report: dict[str, Any] = {
         "directory": str(ds.directory), "records": len(ds), "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0],
-        "steps": steps, "repeats": repeats, "warmup": warmup, "max_atoms": max_atoms,
+        "steps": steps, "repeats": repeats, "warmup": warmup, "max_atoms": max_atoms, "device": device,
+        "kernels": _kernel_mode(),
     }
     try:
-        per = {name: bench_efs_ratio(ds, name, max_atoms, batches, steps, repeats, warmup, per_backbone[name])
+        per = {name: bench_efs_ratio(ds, name, max_atoms, batches, steps, repeats, warmup, per_backbone[name], device)
                for name in backbones}
     except TypeError as err:  # a value of the wrong kind for a backbone argument
         raise SystemExit(f"matforge: error: --hyperparameter: {err}") from None
@@ -191,37 +225,54 @@ def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup:
     return report
 
 
+def _kernel_mode() -> str:
+    """How the smooth CGCNN's element-wise kernels run in this process (models.gated_message)."""
+    from matforge.models.gated_message import current_kernel_mode
+
+    return current_kernel_mode()
+
+
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"{report['directory']}: {report['records']} records; {report['threads']} threads, "
              f"{report['cpu_count']} CPUs, load average {report['load_average_1min_at_start']:.2f} at start, "
              f"{report['load_average_1min_at_end']:.2f} at end; best of {report['repeats']} rounds of "
-             f"{report['steps']} steps after {report['warmup']} warm-up steps; batches of <= {report['max_atoms']} atoms",
+             f"{report['steps']} steps after {report['warmup']} warm-up steps; batches of <= {report['max_atoms']} atoms; "
+             f"device {report['device']}; kernels {report['kernels']}",
              "",
              f"{'backbone':16s} {'atoms/batch':>11s} {'edges/atom':>10s} {'energy ms':>9s} {'efs ms':>8s} "
-             f"{'efs structs/s':>13s} {'efs atoms/s':>11s} {'efs/energy':>10s}"]
+             f"{'efs structs/s':>13s} {'efs atoms/s':>11s} {'efs/energy':>10s} {'efs graph MB':>12s} {'kB/atom':>7s}"]
     for name, e in report["efs"].items():
         tag = "" if e["efs_backbone"] else "  (not an EFS backbone)"
         lines.append(f"{name:16s} {e['atoms_per_batch']:11.0f} {e['edges_per_atom']:10.1f} {e['energy']['step_ms']:9.1f} "
                      f"{e['efs']['step_ms']:8.1f} {e['efs']['structures_per_s']:13.1f} {e['efs']['atoms_per_s']:11.0f} "
-                     f"{e['ratio']:10.2f}{tag}")
+                     f"{e['ratio']:10.2f} {e['graph_mb']['efs']:12.1f} {e['efs_graph_kb_per_atom']:7.1f}{tag}")
     changed = {name: {k: v for k, v in e["hyperparameters"].items()} for name, e in report["efs"].items()}
     lines.append("hyper-parameters: " + "; ".join(f"{n} {h}" for n, h in changed.items()))
+    peaks = {n: e["cuda_peak_mb"] for n, e in report["efs"].items() if e.get("cuda_peak_mb") is not None}
+    if peaks:
+        lines.append("CUDA peak MB of one EFS step: " + ", ".join(f"{n} {v:.0f}" for n, v in peaks.items()))
+    lines.append("efs graph MB: memory the autograd graph of one EFS step holds when its backward starts (the "
+                 "first batch; the step's peak beyond weights and optimiser state), kB/atom: the same per atom")
     if any(e["placeholder_labels"] for e in report["efs"].values()):
         lines.append("(the dataset lacks energy/forces/stress labels: fixed random labels were used)")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kernels:
+        from matforge.models.gated_message import set_kernel_mode
+
+        set_kernel_mode(args.kernels)
     report = measure(args.directory, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
                      max_atoms=args.max_atoms, batches=args.batches, threads=args.threads,
                      backbones=[b for b in args.backbones.split(",") if b],
-                     hyperparameters=parse_hyperparameters(args.hyperparameter))
+                     hyperparameters=parse_hyperparameters(args.hyperparameter), device=args.device)
     table = format_table(report)
     print(json.dumps(report) if args.json else table)
     if args.docs:
         from matforge.training.docs_tables import printed_table_section, update_section
 
-        setting = " ".join(args.hyperparameter)  # one section per hyper-parameter setting
+        setting = " ".join(args.hyperparameter + ([f"kernels={args.kernels}"] if args.kernels else []))  # one per setting
         update_section(args.docs, "matforge bench train" + (f" {setting}" if setting else ""),
                        printed_table_section("Training step: EFS over energy" + (f", {setting}" if setting else ""), table))
     return 0

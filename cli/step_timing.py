@@ -26,8 +26,9 @@ class Contender:
     """A step function and the batches it cycles through; ``structures``/``atoms`` per batch."""
 
     def __init__(self, name: str, step: Callable[[Any], Any], batches: Sequence[Any],
-                 structures: Sequence[int], atoms: Sequence[int]) -> None:
+                 structures: Sequence[int], atoms: Sequence[int], synchronize: Callable[[], Any] | None = None) -> None:
         self.name, self.step, self.batches = name, step, list(batches)
+        self.synchronize = synchronize  # waits for queued device work (torch.cuda.synchronize) before timing
         self.structures, self.atoms = list(structures), list(atoms)
         self.next = 0
         self.rounds: list[dict[str, float]] = []
@@ -35,6 +36,8 @@ class Contender:
     def run(self, steps: int) -> dict[str, float]:
         """``steps`` steps from where the last round stopped; seconds, structures and atoms done."""
         structures = atoms = 0
+        if self.synchronize is not None:
+            self.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
             k = self.next % len(self.batches)
@@ -42,6 +45,8 @@ class Contender:
             structures += self.structures[k]
             atoms += self.atoms[k]
             self.next += 1
+        if self.synchronize is not None:
+            self.synchronize()
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "steps": steps, "structures": structures, "atoms": atoms}
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from matforge.models.base import Backbone, BackboneOutput, GraphInputs
+from matforge.models.gated_message import gated_edge_message
 from matforge.models.radial import envelope as make_envelope
 from matforge.models.radial import radial_basis
 
@@ -71,9 +72,10 @@ class GatedConvolution(nn.Module):
     """One smooth CGCNN layer (see the module docstring): residual, gated, enveloped messages.
 
     ``z_ij W = h_i W_i + h_j W_j + e(r_ij) W_e`` with ``W = [W_i; W_j; W_e]`` (the weight of
-    ``gate_and_core``): the two atom terms are computed once per atom (N rows) and gathered, so
-    the only per-edge product is the small ``e(r) W_e``. Same function as the linear map of the
-    concatenation, a fraction of the work.
+    ``gate_and_core``): the two atom terms are computed once per atom (N rows) and read through the
+    edge indices, so the only per-edge product is the small ``e(r) W_e``; the gate, the core and their
+    derivatives run as fused kernels (:mod:`matforge.models.gated_message`). Same function as the
+    linear map of the concatenation, a fraction of the work.
     """
 
     def __init__(self, dim: int, num_radial: int, norm: str, avg_neighbors: float) -> None:
@@ -87,11 +89,10 @@ class GatedConvolution(nn.Module):
         h = self.norm(v)
         dim = h.shape[-1]
         w_i, w_j, w_e = torch.split(self.gate_and_core.weight, [dim, dim, radial.shape[-1]], dim=1)
-        centre = nn.functional.linear(h, w_i).index_select(0, i)
-        neighbour = nn.functional.linear(h, w_j).index_select(0, j)
-        z = centre + neighbour + nn.functional.linear(radial, w_e, self.gate_and_core.bias)
-        gate, core = z.chunk(2, dim=-1)
-        message = torch.sigmoid(gate) * nn.functional.softplus(core) * env.unsqueeze(-1)
+        centre = nn.functional.linear(h, w_i)        # (N, 2F), read by the receiving atom i of each edge
+        neighbour = nn.functional.linear(h, w_j)     # (N, 2F), read by the sending atom j
+        edge = nn.functional.linear(radial, w_e, self.gate_and_core.bias)
+        message = gated_edge_message(centre, neighbour, edge, env.unsqueeze(-1), i, j)  # σ(gate) ⊙ softplus(core) · u
         return v + self.inv_avg_neighbors * torch.zeros_like(v).index_add(0, i, message)
 
 

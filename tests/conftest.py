@@ -18,3 +18,13 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "emt"
     write_synth(out, SYNTH_RECORDS, seed=0, shard_size=SYNTH_SHARD_SIZE)
     return out
+
+
+@pytest.fixture(scope="session")
+def perov5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only shard directory of the perov5 fixture rows (5-atom cells, property heat_all)."""
+    from matforge.datasets.convert import convert
+
+    out = tmp_path_factory.mktemp("perov5") / "perov5"
+    convert([(Path(__file__).parent / "fixtures" / "perov5" / "val.csv").resolve()], out)
+    return out

@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from matforge.cli.main import main
-from matforge.datasets.convert import convert
 
-FIXTURE = Path(__file__).parent / "fixtures" / "perov5" / "val.csv"
 TINY = ["--steps", "1", "--repeats", "1", "--warmup", "0", "--batches", "1"]
-
-
-@pytest.fixture(scope="module")
-def perov5_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench-train") / "perov5"
-    convert([FIXTURE.resolve()], out)
-    return out
 
 
 def _run_json(capsys, *args: str) -> dict:
@@ -44,6 +34,9 @@ def test_json_keys_on_perov5_rows(perov5_dir, capsys):
         assert entry["atoms_per_batch"] == 10.0  # two 5-atom cells per 10-atom budget
         assert entry["ratio"] == pytest.approx(entry["efs"]["step_ms"] / entry["energy"]["step_ms"])
         assert entry["efs"]["atoms_per_s"] == pytest.approx(5 * entry["efs"]["structures_per_s"])
+        # the force graph keeps more than the energy graph; both hold at least the batch's node features
+        assert entry["graph_mb"]["efs"] > entry["graph_mb"]["energy"] > 0
+        assert entry["efs_graph_kb_per_atom"] == pytest.approx(1024 * entry["graph_mb"]["efs"] / 10)
     assert report["threads"] >= 1 and report["max_atoms"] == 10
 
 
@@ -67,7 +60,7 @@ def test_missing_or_bad_arguments_are_clear_errors(tmp_path, perov5_dir):
         main(["bench", "train", str(perov5_dir), "--backbones", "schnet"])
     with pytest.raises(SystemExit, match="width: no backbone among painn takes it"):
         main(["bench", "train", str(perov5_dir), "--backbones", "painn", "--hyperparameter", "width=3"])
-    with pytest.raises(SystemExit, match="needs KEY=VALUE"):
+    with pytest.raises(SystemExit, match="expects KEY=VALUE"):
         main(["bench", "train", str(perov5_dir), "--hyperparameter", "cutoff"])
 
 

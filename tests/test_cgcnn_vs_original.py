@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from benchmark_scripts import load_benchmark
-from matforge.datasets.convert import convert
 from matforge.datasets.graphs import GraphConfig
 from matforge.datasets.loader import GraphDataset
 from matforge.datasets.shard_dataset import open_dataset
@@ -27,15 +26,7 @@ race_script = load_benchmark("cgcnn_vs_original")
 OriginalCGCNN, OriginalTrainer = original_cgcnn.OriginalCGCNN, original_cgcnn.OriginalTrainer
 load_matforge_weights, original_batch = original_cgcnn.load_matforge_weights, original_cgcnn.original_batch
 
-FIXTURE = Path(__file__).parent / "fixtures" / "perov5" / "val.csv"
 TINY = ["--steps", "1", "--repeats", "1", "--warmup", "0", "--batches", "1"]
-
-
-@pytest.fixture(scope="module")
-def perov5_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench-train") / "perov5"
-    convert([FIXTURE.resolve()], out)
-    return out
 
 
 def _cgcnn_batch(directory: Path):
