@@ -11,6 +11,7 @@ from matforge.models import gated_message as gm
 
 @pytest.fixture(params=["eager", "compiled"])
 def kernels(request):
+    torch._dynamo.reset()  # other tests' shapes and dtypes must not count against the recompile limit
     mode = gm.set_kernel_mode(request.param)
     yield mode
     gm.set_kernel_mode("eager")
