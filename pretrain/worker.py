@@ -94,7 +94,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, cfg.scaling.threads_per_worker))
     device = ray.train.torch.get_device()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
-    node_id = ray.get_runtime_context().get_node_id()
+    # Ray Train's local mode (num_workers=0) runs without Ray: asking it for a node would start one
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     print(f"[matforge] rank {rank} of {world} on node {node_id} host {socket.gethostname()}", flush=True)
     check_worker_storage(run_dir, payload.get("storage_token"), _dataset_digests(provenance), rank, node_id)
     run_dir.mkdir(parents=True, exist_ok=True)
