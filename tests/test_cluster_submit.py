@@ -1,46 +1,24 @@
-"""``matforge cluster``, in-process and without a Ray cluster: arguments, address resolution, token
-discovery, runtime env files and flags, error lines, exit statuses, following a job (with a fake
-client). The real submission path runs against local Ray nodes in test_cluster_loopback.py.
+"""``matforge cluster``, in-process and without a Ray cluster: arguments, error lines, exit statuses,
+following a job and the commands (with a fake client). Address resolution is in test_cluster_address.py,
+tokens and runtime envs in test_cluster_auth_env.py; the real submission path runs against local Ray
+nodes in test_cluster_loopback.py.
 """
 
 from __future__ import annotations
 
-import http.server
-import json
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from matforge.cli.main import build_parser, main
 from matforge.cluster import submit as submit_module
-from matforge.cluster.address import (ClusterAddress, address_kind, host_port, job_server_url,
-                                      resolve_address)
-from matforge.cluster.auth import auth_failure_message, auth_headers, find_token
 from matforge.cluster.errors import ClusterError, one_line
-from matforge.cluster.runtime_env import build_runtime_env, load_runtime_env_file, parse_env_assignments
 from matforge.cluster.submit import JobServer, exit_code, explain, follow, status_line, translate_errors
-
-
-def closed_port() -> int:
-    """A localhost port nothing listens on (bound, read, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("matforge: error: "), err
-    return lines[0]
-
+from cluster_cli_helpers import error_line
 
 # --- arguments ---------------------------------------------------------------------------------
 
@@ -90,244 +68,6 @@ def test_help_does_not_import_ray() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-# --- the address -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("flag, environ, expected", [
-    ("http://a:8265", {"RAY_API_SERVER_ADDRESS": "http://b:8265", "RAY_ADDRESS": "c:6379"}, ("http://a:8265", "--address")),
-    (None, {"RAY_API_SERVER_ADDRESS": "http://b:8265", "RAY_ADDRESS": "c:6379"}, ("http://b:8265", "RAY_API_SERVER_ADDRESS")),
-    (None, {"RAY_API_SERVER_ADDRESS": " ", "RAY_ADDRESS": "c:6379"}, ("c:6379", "RAY_ADDRESS")),
-    ("", {"RAY_ADDRESS": "c:6379"}, ("c:6379", "RAY_ADDRESS")),
-    (None, {}, (None, "default")),
-])
-def test_address_precedence(flag: str | None, environ: dict[str, str], expected: tuple) -> None:
-    found = resolve_address(flag, environ)
-    assert (found.value, found.source) == expected
-
-
-@pytest.mark.parametrize("value, kind", [
-    ("http://h:8265", "http"), ("HTTPS://h", "http"), ("h:6379", "gcs"), ("10.0.0.1", "gcs"),
-    ("ray://h:10001", "client"), ("auto", "auto"), (None, "auto"), ("", "auto"),
-])
-def test_address_kinds(value: str | None, kind: str) -> None:
-    assert address_kind(value) == kind
-
-
-def test_unknown_scheme_is_refused() -> None:
-    with pytest.raises(ClusterError, match="unknown scheme 'ftp://'"):
-        address_kind("ftp://h:1")
-
-
-def test_host_and_port() -> None:
-    assert host_port("http://h:8265/", 80) == ("h", 8265)
-    assert host_port("https://user:pw@h", 443) == ("h", 443)
-    assert host_port("h", 6379) == ("h", 6379)
-    assert host_port("[::1]:7000", 6379) == ("::1", 7000)
-    with pytest.raises(ClusterError, match="names no host"):
-        host_port("http://:80", 80)
-
-
-@pytest.mark.parametrize("form", ["http://127.0.0.1:{port}", "127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
-def test_closed_port_is_a_one_line_error_without_ray(form: str, capsys: pytest.CaptureFixture[str]) -> None:
-    address = form.format(port=closed_port())
-    started = time.monotonic()
-    assert main(["cluster", "list", "--address", address]) == 2
-    assert time.monotonic() - started < 5
-    line = error_line(capsys)
-    assert f"{address} (from --address): connection refused" in line
-
-
-def test_unresolvable_host(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cluster", "status", "x", "--address", "http://no-such-host.invalid:8265"]) == 2
-    assert "cannot resolve host 'no-such-host.invalid'" in error_line(capsys)
-
-
-@pytest.fixture()
-def fake_dashboard() -> Iterator[int]:
-    """An HTTP server on localhost that answers ``/api/version`` as a Ray dashboard does."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = json.dumps({"version": "4", "ray_version": "2.60.0"}).encode()
-            self.send_response(200 if self.path == "/api/version" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-
-
-def test_host_port_answering_as_a_dashboard_is_taken_as_its_url(fake_dashboard: int) -> None:
-    # Ray would read 127.0.0.1:PORT as a GCS address and wait 40 s for a GCS that is not there
-    assert job_server_url(ClusterAddress(f"127.0.0.1:{fake_dashboard}", "--address")) == f"http://127.0.0.1:{fake_dashboard}"
-    assert job_server_url(ClusterAddress(f"http://127.0.0.1:{fake_dashboard}/", "RAY_ADDRESS")) == f"http://127.0.0.1:{fake_dashboard}"
-
-
-def test_ray_lookup_failures_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from matforge.cluster.address import _ask_ray
-
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-
-    def remote_failure() -> str:
-        raise ConnectionError("Initialization failure from server:\nTraceback (most recent call last):\n  File \"x.py\", "
-                              "line 1, in f\nRuntimeError: Starting Ray client server failed.")
-
-    with pytest.raises(ClusterError) as exc:
-        _ask_ray(remote_failure, "ray://h:10001 (from --address)")
-    assert str(exc.value) == ("cannot find the job server of ray://h:10001 (from --address): "
-                              "RuntimeError: Starting Ray client server failed.")
-
-    def refused() -> str:
-        raise RuntimeError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
-
-    with pytest.raises(ClusterError, match="requires token authentication"):
-        _ask_ray(refused, "h:6379 (from --address)")
-
-
-def test_address_variables_are_cleared_while_the_client_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAY_ADDRESS", "elsewhere:6379")
-    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://elsewhere:8265")
-    import os
-
-    with submit_module._address_variables_cleared():
-        assert "RAY_ADDRESS" not in os.environ and "RAY_API_SERVER_ADDRESS" not in os.environ
-    assert os.environ["RAY_ADDRESS"] == "elsewhere:6379"
-
-
-# --- token authentication ----------------------------------------------------------------------
-
-def test_token_sources_in_ray_order(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text("from-home\nsecond line\n")
-    token_file = tmp_path / "token"
-    token_file.write_text("  from-path \n")
-    env = {"RAY_AUTH_TOKEN": " from-env\n", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    assert find_token(env, home).value == "from-env"
-    assert find_token({"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(token_file)}, home).value == "from-path"
-    found = find_token({}, home)
-    assert (found.value, found.source) == ("from-home", str(home / ".ray" / "auth_token"))
-    assert find_token({}, tmp_path / "nobody") is None
-
-
-def test_a_set_token_path_must_hold_a_token(tmp_path: Path) -> None:
-    with pytest.raises(ClusterError, match="cannot read the token file"):
-        find_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")}, tmp_path)
-    (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ClusterError, match="first line is empty"):
-        find_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")}, tmp_path)
-
-
-def test_auth_headers_only_in_token_mode(tmp_path: Path) -> None:
-    assert auth_headers({"RAY_AUTH_TOKEN": "t"}, tmp_path) == {}  # Ray's client sends none either
-    assert auth_headers({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t"}, tmp_path) == {}
-    assert auth_headers({"RAY_AUTH_MODE": "Token", "RAY_AUTH_TOKEN": "t"}, tmp_path) == {"Authorization": "Bearer t"}
-    with pytest.raises(ClusterError, match="RAY_AUTH_MODE=token but no token was found"):
-        auth_headers({"RAY_AUTH_MODE": "token"}, tmp_path)
-
-
-def test_missing_token_fails_before_any_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    assert main(["cluster", "list", "--address", f"http://127.0.0.1:{closed_port()}"]) == 2
-    assert "no token was found" in error_line(capsys)
-
-
-def test_auth_failure_lines(tmp_path: Path) -> None:
-    url = "http://h:8265"
-    missing = auth_failure_message(401, url, {})
-    assert "requires token authentication and no token was sent" in missing and "RAY_AUTH_MODE=token" in missing
-    refused = auth_failure_message(403, url, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}, tmp_path)
-    assert "refused the token from RAY_AUTH_TOKEN" in refused and "x" not in refused.split("RAY_AUTH_TOKEN")[0][-3:]
-    for line in (missing, refused):
-        assert "\n" not in line
-
-
-# --- runtime env -------------------------------------------------------------------------------
-
-def test_runtime_env_file_yaml_and_json(tmp_path: Path) -> None:
-    (tmp_path / "env.yaml").write_text("working_dir: .\npip: [tqdm]\nenv_vars: {A: '1'}\n")
-    (tmp_path / "env.json").write_text('{"pip": ["tqdm"], "env_vars": {"A": "1"}}')
-    (tmp_path / "empty.yaml").write_text("")
-    assert load_runtime_env_file(tmp_path / "env.yaml") == {"working_dir": ".", "pip": ["tqdm"], "env_vars": {"A": "1"}}
-    assert load_runtime_env_file(tmp_path / "env.json") == {"pip": ["tqdm"], "env_vars": {"A": "1"}}
-    assert load_runtime_env_file(tmp_path / "empty.yaml") == {}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("pip: [a\nenv_vars: {}\n", r"env\.bad: does not parse as YAML or JSON: line 2, column 9: expected ','"),
-    ('{"pip": ["a"], "env_vars": {"A": "1"}', r"env\.bad: does not parse as YAML or JSON: line \d+, column \d+: "),
-    ("- a\n- b\n", r"env\.bad: expected a mapping .* found a list"),
-])
-def test_runtime_env_file_problems_name_the_file(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "env.bad"
-    path.write_text(text)
-    with pytest.raises(ClusterError, match=message) as exc:
-        load_runtime_env_file(path)
-    assert "\n" not in str(exc.value)
-
-
-def test_bad_runtime_env_file_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "env.yaml"
-    bad.write_text("env_vars: {A: 1\n")
-    assert main(["cluster", "submit", "--runtime-env", str(bad), "--", "true"]) == 2
-    assert error_line(capsys).startswith(f"matforge: error: runtime env file {bad}: does not parse")
-    assert main(["cluster", "submit", "--runtime-env", str(tmp_path / "nope.yaml"), "--", "true"]) == 2
-    assert "nope.yaml: no such file" in error_line(capsys)
-
-
-def test_flags_merge_into_the_file(tmp_path: Path) -> None:
-    (tmp_path / "env.yaml").write_text("working_dir: old\npip: [tqdm, rich]\nenv_vars: {A: '1', B: '2'}\n")
-    merged = build_runtime_env(tmp_path / "env.yaml", working_dir=str(tmp_path), pip=["rich", "numpy<3"],
-                               env=["B=20", "C="])
-    assert merged == {"working_dir": str(tmp_path), "pip": ["tqdm", "rich", "numpy<3"],
-                      "env_vars": {"A": "1", "B": "20", "C": ""}}
-    assert build_runtime_env(None, pip=["x"]) == {"pip": ["x"]}
-    assert build_runtime_env() == {}
-
-
-def test_pip_forms_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "requirements.txt").write_text("# pinned\ntqdm==4.66  # progress\n\nrich\n")
-    (tmp_path / "a.yaml").write_text("pip: requirements.txt\n")
-    assert build_runtime_env(tmp_path / "a.yaml", pip=["x"])["pip"] == ["tqdm==4.66", "rich", "x"]
-    (tmp_path / "b.yaml").write_text("pip: {packages: [tqdm], pip_check: false}\n")
-    assert build_runtime_env(tmp_path / "b.yaml", pip=["x"])["pip"] == {"packages": ["tqdm", "x"], "pip_check": False}
-    (tmp_path / "c.yaml").write_text("conda: {dependencies: [python=3.11]}\n")
-    with pytest.raises(ClusterError, match="installs packages with conda; --pip cannot be added"):
-        build_runtime_env(tmp_path / "c.yaml", pip=["x"])
-
-
-def test_flag_errors(tmp_path: Path) -> None:
-    assert parse_env_assignments(["A=1", "B_2=x=y", "C="]) == {"A": "1", "B_2": "x=y", "C": ""}
-    for bad in ("A", "1A=2", "=x", "A-B=1"):
-        with pytest.raises(ClusterError, match="expected KEY=VALUE"):
-            parse_env_assignments([bad])
-    with pytest.raises(ClusterError, match="--working-dir .*: no such directory"):
-        build_runtime_env(working_dir=str(tmp_path / "missing"))
-    assert build_runtime_env(working_dir="s3://bucket/code.zip") == {"working_dir": "s3://bucket/code.zip"}
-
-
-def test_ray_checks_the_merged_env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "env.yaml").write_text("env_vars: {A: 1}\n")  # an int: Ray wants strings
-    assert main(["cluster", "submit", "--runtime-env", str(tmp_path / "env.yaml"), "--", "true"]) == 2
-    assert "env_vars" in error_line(capsys)
-    (tmp_path / "typo.yaml").write_text("env_var: {A: '1'}\n")
-    from matforge.cluster.runtime_env import validate_runtime_env
-
-    validate_runtime_env(load_runtime_env_file(tmp_path / "typo.yaml"), "typo.yaml")
-    assert "field(s) env_var are not runtime env fields Ray knows" in capsys.readouterr().err
 
 
 # --- Ray's errors, statuses, following ---------------------------------------------------------
