@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from matforge.training.docs_tables import machine_description, today, update_section
+from matforge.training.docs_tables import printed_table_section, update_section
 
 # a fresh parent for each conversion, so RUSAGE_CHILDREN's maximum is that conversion's own
 MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
@@ -80,15 +80,13 @@ def main() -> None:
             peak_mb = int(done.stdout.strip().splitlines()[-1]) / 1024
             records = json.loads((out / "manifest.json").read_text())["num_records"]
             rows.append((workers, records, seconds, records / seconds, peak_mb))
-    lines = [f"- command: `python {' '.join(sys.argv)}`",
-             f"- machine: {machine_description()}; date: {today()}",
-             f"- input: {frames:,} MPtrj-format frames ({size_mb:.0f} MB of JSON) built from the fixture's frames", "",
+    lines = [f"- input: {frames:,} MPtrj-format frames ({size_mb:.0f} MB of JSON) built from the fixture's frames", "",
              "| workers | records written | wall time, s | structures/s | peak RSS of one process, MB |",
              "|---|---|---|---|---|"]
     lines += [f"| {w} | {n:,} | {s:.1f} | {r:,.0f} | {m:.0f} |" for w, n, s, r, m in rows]
-    print("\n".join(lines))
+    body = printed_table_section("MPtrj-format conversion at scale", "\n".join(lines), markdown=True)
+    print(body)
     if args.docs:
-        body = "### MPtrj-format conversion at scale\n\n" + "\n".join(lines)
         update_section(args.docs, "benchmarks/convert_mptrj_scale.py", body)
 
 

@@ -17,7 +17,7 @@ import argparse
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from matforge.cli.bench_train import _open, backbone_arguments, fill_missing_labels, parse_hyperparameters
+    from matforge.cli.bench_train import open_shards, backbone_arguments, fill_missing_labels, parse_hyperparameters
     from matforge.datasets.graphs import GraphConfig
     from matforge.datasets.loader import GraphDataset
     from matforge.datasets.sampler import AtomBudgetBatchSampler
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ds = _open(args.directory)
+    ds = open_shards(args.directory)
     hp = backbone_arguments(args.backbone, parse_hyperparameters(args.hyperparameter))
     torch.manual_seed(0)
     backbone = create(args.backbone, **hp)

@@ -12,12 +12,11 @@ table (best of 3 epochs); ``--docs`` also writes it into that file between this 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
-from matforge.training.docs_tables import machine_description, today, update_section
+from matforge.training.docs_tables import printed_table_section, update_section
 
 
 def main() -> None:
@@ -44,21 +43,13 @@ def main() -> None:
             batches = list(iter(sampler))
             times.append(time.perf_counter() - started)
         rows.append((label, min(times), len(batches)))
-    lines = [f"- command: `python {' '.join(sys.argv)}`",
-             f"- machine: {machine_description()}; date: {today()}",
-             f"- {args.structures:,} structures, {args.world_size} ranks, {args.max_atoms} atoms per batch", "",
+    lines = [f"- {args.structures:,} structures, {args.world_size} ranks, {args.max_atoms} atoms per batch", "",
              "| setting | epoch set-up, s (best of 3) | batches per rank |", "|---|---|---|"]
     lines += [f"| {label} | {seconds:.2f} | {count:,} |" for label, seconds, count in rows]
-    print("\n".join(lines))
+    body = printed_table_section("Sampler epoch set-up at MPtrj scale", "\n".join(lines), markdown=True)
+    print(body)
     if args.docs:
-        body = "### Sampler epoch set-up at MPtrj scale\n\n" + "\n".join(lines)
         update_section(args.docs, "benchmarks/sampler_scale.py", body)
-
-
-
-
-
-
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def backbone_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in accepted}
 
 
-def _open(directory: str | None):
+def open_shards(directory: str | None):
+    """The shard directory to benchmark, opened; a one-line exit when it is missing or empty."""
     from matforge.datasets.shard_dataset import open_dataset
 
     if not directory:
@@ -205,7 +206,7 @@ def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup:
     if unused:
         raise SystemExit(f"matforge: error: --hyperparameter {', '.join(sorted(unused))}: no backbone among "
                          f"{', '.join(backbones)} takes it")
-    ds = _open(directory)
+    ds = open_shards(directory)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     report: dict[str, Any] = {
         "directory": str(ds.directory), "records": len(ds), "threads": torch.get_num_threads(),
