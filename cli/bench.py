@@ -7,7 +7,7 @@ import argparse
 from matforge.cli.commands import command_group
 
 BENCH_MODULES = ["matforge.cli.bench_data", "matforge.cli.bench_train", "matforge.cli.bench_pretrain",
-                 "matforge.cli.bench_finetune"]
+                 "matforge.cli.bench_finetune", "matforge.cli.bench_science"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
