@@ -9,6 +9,7 @@ from matforge.cli.commands import command_group
 DATA_COMMAND_MODULES = [
     "matforge.cli.data_convert",
     "matforge.cli.data_inspect",
+    "matforge.cli.data_leakage",
     "matforge.cli.data_split",
     "matforge.cli.data_synth",
 ]
