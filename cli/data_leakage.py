@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from matforge.datasets.leakage import MatcherSettings, find_leakage
     from matforge.datasets.shard_dataset import open_dataset
 
+    if len({Path(c).resolve() for c in args.corpora}) != len(args.corpora):
+        raise _fail("a CORPUS_DIR is given twice")
     for corpus in args.corpora:
         if not Path(corpus).is_dir():
             raise _fail(f"{corpus}: no such directory")

@@ -294,16 +294,16 @@ def find_leakage(corpora: Sequence[str | Path], downstream: Sequence[DownstreamS
                 continue
             compared += 1
             mine = reduce_structure(structure, settings)
-            for k, group in enumerate(groups):
-                for i in group.get(formula, ()):
-                    other = reduced.get(k, i)
-                    if other is None:
-                        continue
-                    pairs += 1
-                    if _fits(matcher, settings, mine, other, skip_reduction):
-                        hits[k].append((name, g, i))
-                        sid = downstream[k].structure_id(i)
-                        matches += [Match(task, name, g, record.id, i, sid, formula) for task in downstream[k].tasks]
+            candidates = [(k, i) for k, group in enumerate(groups) for i in group.get(formula, ())]
+            for k, i in candidates:
+                other = reduced.get(k, i)
+                if other is None:
+                    continue
+                pairs += 1
+                if _fits(matcher, settings, mine, other, skip_reduction):
+                    hits[k].append((name, g, i))
+                    sid = downstream[k].structure_id(i)
+                    matches += [Match(task, name, g, record.id, i, sid, formula) for task in downstream[k].tasks]
         summaries.append(CorpusSummary(name, ds.manifest.dataset_id, len(ds), compared, skipped))
 
     overlaps = []
