@@ -161,9 +161,10 @@ def budget_section(plan: dict, timings: dict[str, dict], rows: Sequence[dict], s
 def corpus_section(corpus: dict | None, leakage: dict | None) -> list[str]:
     lines = ["## Corpus", ""]
     if not corpus:
-        return lines + ["Not resolved yet.", ""]
+        corpus = {}
+        lines += ["Not resolved yet.", ""]
     labels = ", ".join(sorted(corpus.get("labels") or {})) or "—"
-    lines += [f"- `{corpus.get('path')}`: {corpus.get('records')} structures, {corpus.get('atoms')} atoms, "
+    lines += [] if not corpus else [f"- `{corpus.get('path')}`: {corpus.get('records')} structures, {corpus.get('atoms')} atoms, "
               f"{len(corpus.get('elements') or [])} elements ({', '.join(corpus.get('elements') or [])})",
               f"- labels: {labels}; made by `{corpus.get('command') or '?'}` ({corpus.get('created') or '?'})",
               f"- splits: {', '.join(corpus.get('splits') or []) or 'none (all records train, no validation)'}; "
@@ -211,7 +212,8 @@ def results_markdown(out: Path, rows: Sequence[dict], figures: dict[str, str]) -
     lines += conclusions_section(stats, plan.get("exp2", {}).get("singles", []))
     lines += exp1_section(stats, plan.get("exp1", {}).get("objectives", []), units, figures)
     lines += exp2_section(stats, units, plan.get("exp2", {}).get("strategies", ["full"]))
-    lines += attention_section(stats, timings)
+    if settings_of(stats, "exp2"):
+        lines += attention_section(stats, timings)
     lines += corpus_section(_read_json(out / "corpus.json"), _read_json(out / "leakage.json"))
     if plan:
         lines += budget_section(plan, timings, rows, sessions, commands)
