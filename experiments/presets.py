@@ -24,10 +24,11 @@ def full() -> SciencePlan:
     heat_ref, dir_gap, corpus energy), each fine-tuned with the freeze grid on jdft2d (5 folds) and
     2d_workfunction (300 structures), seed 0.
 
-    Estimate on this machine's 2 cores (measured: an EFS step of this backbone with 2 workers ≈ 0.25 s,
-    Ray start ≈ 35 s, a fine-tuning cell ≈ 20–90 s by size with 2 cells in parallel): pre-training
-    11 runs × 1,500 steps ≈ 1.5 h, fine-tuning ≈ 390 cells ≈ 2 h; about 3.5 hours in all, in pieces
-    with ``--max-minutes``.
+    Estimate on this machine's 2 cores: measured, an EFS step of this backbone with 2 Ray workers
+    (512 atoms per step in all) ≈ 0.19 s and ≈ 30 s of worker start per run, so the 11 pre-trainings
+    take ≈ 1 h; the fine-tuning cells (≈ 390) were not timed at full size here: at an assumed 20–60 s
+    per cell with 2 in parallel they take 1–3 h. So about 2–4 hours in all, in pieces with
+    ``--max-minutes``; the report records the measured wall times.
     """
     tasks1 = [TaskPlan("matbench_jdft2d", folds=5, sizes=[]),
               TaskPlan("2d_workfunction", folds=1, sizes=[100, 300, 1000]),
