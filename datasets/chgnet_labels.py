@@ -33,7 +33,10 @@ uses for model 0.3.0 (``mlp_out_bias=False``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -112,7 +115,8 @@ def load_chgnet():
     from chgnet.model import CHGNet
 
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
-    model = CHGNet(**state["model"]["model_args"], mlp_out_bias=False, version=WEIGHTS_VERSION)
+    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints a banner when built
+        model = CHGNet(**state["model"]["model_args"], mlp_out_bias=False, version=WEIGHTS_VERSION)
     model.load_state_dict(state["model"]["state_dict"], strict=True)
     return model.eval()
 
@@ -155,8 +159,10 @@ class ChgnetLabeller:
 
         model = self.model
         composition = model.composition_model(graphs)  # (B,) eV/atom, position-independent
-        g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
-                                     angle_basis_expansion=model.angle_basis_expansion, compute_stress=True)
+        with warnings.catch_warnings():  # CHGNet's own torch.tensor(list of tensors) warning
+            warnings.simplefilter("ignore", UserWarning)
+            g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
+                                         angle_basis_expansion=model.angle_basis_expansion, compute_stress=True)
         per_atom = model._compute(g)["e"]  # (B,) eV/atom (CHGNet divides by natoms: intensive head)
         natoms = torch.bincount(g.atom_owners).to(per_atom.dtype)
         total = (per_atom + composition) * natoms  # (B,) eV
@@ -168,9 +174,14 @@ class ChgnetLabeller:
             result.append(Labels(
                 energy=float(total[k].detach()),
                 forces=-grads[k].detach().numpy().astype(np.float64),
-                stress=grads[b + k].detach().numpy().astype(np.float64) / volume,
+                stress=_symmetric(grads[b + k].detach().numpy().astype(np.float64) / volume),
             ))
         return result
+
+
+def _symmetric(s: np.ndarray) -> np.ndarray:
+    """(s + sᵀ)/2: ∂E/∂ε of a rotation-invariant energy is symmetric; this removes float32 noise."""
+    return 0.5 * (s + s.T)
 
 
 class LabellerCalculator:

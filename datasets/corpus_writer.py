@@ -10,7 +10,7 @@ Layout while it runs, beside the output directory ``OUT``::
 
 Work: chunk ``k`` is a pure function of ``(seed, k)`` and the settings
 (:func:`matforge.datasets.corpus_frames.make_chunk`). ``workers`` processes (``spawn`` context: no
-fork after torch's thread pools exist; one torch thread each; Ctrl-C is left to the main process,
+fork after torch's thread pools exist; one torch thread and one BLAS thread each; Ctrl-C is left to the main process,
 which lets the chunks in flight finish) each label whole chunks and write their files themselves,
 so whatever finished survives an interrupt or a kill. Run again with the same settings, the writer
 skips the chunks present (the number of workers may differ); with different settings it refuses and
@@ -124,11 +124,22 @@ def read_chunk(path: Path) -> ChunkResult:
 _STATE: dict[str, Any] = {}
 
 
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _one_thread() -> int:
+    """One torch thread, and one BLAS thread where threadpoolctl is installed (numpy's and scipy's
+    OpenBLAS threads spinning beside torch made ASE's 3×3 cell-filter algebra 1000× slower)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _STATE["blas_limit"] = threadpool_limits(1)
+    except ImportError:
+        pass
     return before
 
 
@@ -217,12 +228,22 @@ def generate_chunks(workdir: Path, settings: CorpusSettings, chunks: Sequence[in
             import torch
 
             torch.set_num_threads(before)
+            limit = _STATE.pop("blas_limit", None)
+            if limit is not None:
+                limit.restore_original_limits()
         return len(todo)
     ctx = mp.get_context("spawn")
     pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                   initializer=_init_worker, initargs=(str(workdir), settings, factory))
+    saved = {v: os.environ.get(v) for v in BLAS_THREAD_VARIABLES}
+    os.environ.update({v: "1" for v in BLAS_THREAD_VARIABLES})  # inherited by the spawned workers
     try:
         futures = [pool.submit(_run_chunk, k) for k in todo]
+        for v, value in saved.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
         for fut in cf.as_completed(futures):
             k, _, _ = fut.result()
             if progress:
@@ -234,11 +255,14 @@ def generate_chunks(workdir: Path, settings: CorpusSettings, chunks: Sequence[in
     return len(todo)
 
 
+_LABELLERS: dict[Any, Callable] = {}  # in-process runs build each labeller (CHGNet: ~3 s) once
+
+
 def _init_state_here(workdir: Path, settings: CorpusSettings, factory: LabellerFactory) -> None:
-    if _STATE.get("key") != (str(workdir), settings, factory):
-        seeds = [SeedStructure.from_dict(d) for d in json.loads((Path(workdir) / SEEDS_NAME).read_text())]
-        _STATE.update(workdir=Path(workdir), settings=settings, seeds=seeds, labeller=factory(),
-                      key=(str(workdir), settings, factory))
+    if factory not in _LABELLERS:
+        _LABELLERS[factory] = factory()
+    seeds = [SeedStructure.from_dict(d) for d in json.loads((Path(workdir) / SEEDS_NAME).read_text())]
+    _STATE.update(workdir=Path(workdir), settings=settings, seeds=seeds, labeller=_LABELLERS[factory])
 
 
 def prepare(out: Path | str, settings: CorpusSettings, seed_files: Sequence[str | os.PathLike] = (),
