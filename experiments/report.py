@@ -170,10 +170,20 @@ def corpus_section(corpus: dict | None, leakage: dict | None) -> list[str]:
               f"- splits: {', '.join(corpus.get('splits') or []) or 'none (all records train, no validation)'}; "
               f"manifest sha256 {corpus.get('manifest_sha256', '')[:16]}…", ""]
     if leakage and leakage.get("overlap") is not None:
-        lines += [f"Leakage check (corpus against the downstream tasks' structures): **{leakage['overlap']}** "
-                  f"structures in common ({leakage.get('method', '')}).", ""]
+        lines += [f"Leakage check (corpus records against the downstream tasks' structures; "
+                  f"{leakage.get('method', '')}): **{leakage['overlap']}** corpus records match a downstream "
+                  "structure.", ""]
+        if leakage.get("tasks"):
+            lines += ["| task | structures | formulas shared with the corpus | corpus records matched | "
+                      "its structures matched |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {t['task']} | {t['downstream_structures']} | {t['shared_formulas']} | "
+                      f"{t['corpus_records_matched']} | {t['downstream_matched']} |" for t in leakage["tasks"]]
+            lines += [""]
+        for missing in leakage.get("unavailable") or []:
+            lines += [f"- not checked: {missing['task']} ({missing['reason']})"]
+        lines += [""] if leakage.get("unavailable") else []
     else:
-        lines += ["Leakage check: not run (`matforge.datasets.leakage` is not available in this install).", ""]
+        lines += ["Leakage check: not run (no corpus yet).", ""]
     return lines
 
 

@@ -199,3 +199,26 @@ def test_real_jdft2d_has_no_fcc_metal_in_it(corpus: Path, tmp_path: Path) -> Non
     report = find_leakage([corpus], [jdft2d])
     assert [(t.task, t.downstream_structures, t.corpus_records_matched) for t in report.tasks] == [
         ("matbench_jdft2d", 636, 0)]
+
+
+def test_science_report_gets_the_per_task_overlap(corpus: Path, tmp_path: Path) -> None:
+    """``matforge bench science`` runs the check once, caches it, and its results page shows it."""
+    from matforge.experiments.leakage_hook import leakage_overlap
+    from matforge.experiments.report import corpus_section
+
+    root = tmp_path / "data"
+    _mdl_file(root / "matdeeplearn" / "jdft2d" / "data.json", [_fcc("Ni", 3.52), _fcc("Pd", 3.89)])
+    out = tmp_path / "science"
+    out.mkdir()
+    tasks = ["matbench_jdft2d", "2d_workfunction"]   # the second has no file under this root
+    result = leakage_overlap(out, corpus, tasks, data_root=root, cache_dir=tmp_path / "cache")
+    assert result["overlap"] == 1
+    assert [(t["task"], t["downstream_structures"], t["corpus_records_matched"]) for t in result["tasks"]] == [
+        ("matbench_jdft2d", 2, 1)]
+    assert [u["task"] for u in result["unavailable"]] == ["2d_workfunction"]
+    assert json.loads((out / "leakage.json").read_text()) == result
+    assert leakage_overlap(out, corpus, tasks, data_root=tmp_path / "elsewhere") == result   # cached
+    page = "\n".join(corpus_section(None, result))
+    assert "**1** corpus records match" in page and "| matbench_jdft2d | 2 | 1 | 1 | 1 |" in page
+    assert "not checked: 2d_workfunction" in page
+    assert leakage_overlap(tmp_path / "other", tmp_path / "no-corpus", tasks, data_root=root) is None
