@@ -34,9 +34,9 @@ trajectory. Record ids are ``chgnet-s<seed>-<index>-<kind>``; ``source`` is
 ``synth:chgnet:<seed structure name>``.
 
 Outliers (:func:`outlier_reason`) are dropped and reported: any atom with |F| > 50 eV/Å, any stress
-component with |σ| > 200 GPa, or an energy outside [-15, +5] eV/atom (MPtrj's energies, CHGNet's
+component with |σ| > 200 GPa, an energy outside [-15, +5] eV/atom (MPtrj's energies, CHGNet's
 training range, lie within about [-14, 0] eV/atom; a frame far outside is not a physical
-configuration the potential has seen). A frame the labeller cannot label (CHGNet's graph refuses an
+configuration the potential has seen), or a NaN/inf label. A frame the labeller cannot label (CHGNet's graph refuses an
 isolated atom) is dropped the same way. Dropped frames still use their index, so ``N`` is the number
 of frames attempted and ``N − dropped`` the number written.
 """
@@ -110,6 +110,8 @@ class ChunkResult:
 
 def outlier_reason(labels: Labels, natoms: int) -> str | None:
     """Why a labelled frame is an outlier (see the module docstring), or None."""
+    if not (np.isfinite(labels.energy) and np.isfinite(labels.forces).all() and np.isfinite(labels.stress).all()):
+        return "non-finite labels: NaN or inf in energy, forces or stress"
     fmax = float(np.sqrt((labels.forces ** 2).sum(axis=1)).max()) if natoms else 0.0
     if fmax > MAX_FORCE:
         return f"force outlier: max |F| {fmax:.1f} eV/A > {MAX_FORCE:g} eV/A"

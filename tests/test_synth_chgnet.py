@@ -6,6 +6,7 @@ Tiny: ASE's reference crystals only, cells of at most 4 atoms, a few dozen frame
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from matforge.datasets.manifest import Manifest
 SOURCES = ("ase-reference",)
 SETTINGS = CorpusSettings(structures=24, seed=5, max_atoms=4, chunk_frames=8)
 
-needs_chgnet = pytest.mark.skipif(not __import__("importlib").util.find_spec("chgnet"),
+needs_chgnet = pytest.mark.skipif(importlib.util.find_spec("chgnet") is None,
                                   reason="the corpus extra (chgnet) is not installed")
 
 
