@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="backbone argument for every backbone that takes it, e.g. cutoff=8.0 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--kernels", default=None, choices=("auto", "compiled", "eager"),
-                   help="the smooth CGCNN's element-wise kernels: compiled (torch.compile) or eager "
+                   help="the fused kernels of cgcnn_smooth and painn: compiled (torch.compile) or eager "
                         "(default: $MATFORGE_KERNELS, else auto = compiled where compiling works)")
     p.add_argument("--docs", default=None, metavar="FILE",
                    help="also write the table into this markdown file (e.g. docs/benchmarks.md), between its markers")
@@ -227,8 +227,8 @@ def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup:
 
 
 def _kernel_mode() -> str:
-    """How the smooth CGCNN's element-wise kernels run in this process (models.gated_message)."""
-    from matforge.models.gated_message import current_kernel_mode
+    """How the fused kernels of cgcnn_smooth and painn run in this process (models.kernel_mode)."""
+    from matforge.models.kernel_mode import current_kernel_mode
 
     return current_kernel_mode()
 
@@ -261,7 +261,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.kernels:
-        from matforge.models.gated_message import set_kernel_mode
+        from matforge.models.kernel_mode import set_kernel_mode
 
         set_kernel_mode(args.kernels)
     report = measure(args.directory, steps=args.steps, repeats=args.repeats, warmup=args.warmup,

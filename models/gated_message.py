@@ -33,7 +33,7 @@ on forces needs two); asking for one raises. The tests compare all of this with 
 expression (:func:`gated_edge_message_reference`; ``gradcheck`` and ``gradgradcheck`` in float64).
 
 Kernels: eager (one PyTorch operation per term) or compiled with ``torch.compile`` (one fused loop
-per stage on a CPU, one Triton kernel on a GPU); see :func:`set_kernel_mode`.
+per stage on a CPU, one Triton kernel on a GPU); see :mod:`matforge.models.kernel_mode`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
+
+from matforge.models.kernel_mode import (KERNEL_MODE_ENV, KERNEL_MODES, current_kernel_mode,  # noqa: F401
+                                         kernel_table, set_kernel_mode)
 
 
 def gated_edge_message_reference(a: Tensor, b: Tensor, r: Tensor, u: Tensor, i: Tensor, j: Tensor) -> Tensor:
@@ -87,10 +90,7 @@ def _second_derivative(grad_m: Tensor, u: Tensor, s: Tensor, p: Tensor, q: Tenso
 
 
 EAGER_KERNELS = {"forward": _forward_values, "first": _first_derivative, "second": _second_derivative}
-_KERNELS = dict(EAGER_KERNELS)
-_MODE = ["auto"]
-KERNEL_MODES = ("auto", "compiled", "eager")
-KERNEL_MODE_ENV = "MATFORGE_KERNELS"
+_KERNELS = kernel_table(EAGER_KERNELS)
 
 
 def _scatter(grad_z: Tensor, index: Tensor, rows: int) -> Tensor:
@@ -143,60 +143,3 @@ def gated_edge_message(a: Tensor, b: Tensor, r: Tensor, u: Tensor, i: Tensor, j:
     a, b: (N, 2F) per-atom projections of the receiving (i) and sending (j) atom; r: (E, 2F) per-edge
     term; u: (E, 1) envelope; i, j: (E,) int64 edge indices."""
     return _GatedEdgeMessage.apply(a, b, r, u, i, j)
-
-
-def set_kernel_mode(mode: str | None = None) -> str:
-    """Choose how the three element-wise stages run; returns the mode asked for.
-
-    ``eager``: one PyTorch operation per term (several passes over each (E, F) tensor). ``compiled``:
-    each stage through ``torch.compile`` (dynamic shapes), which fuses it into one loop on a CPU (needs a
-    C++ compiler) or one Triton kernel on a GPU. ``auto`` (default; or ``$MATFORGE_KERNELS``) compiles and
-    falls back to eager, with one warning, where compiling fails. Compiling happens on first use, once
-    per process and input dtype (tens of seconds on a small CPU; PyTorch caches the result on disk).
-    """
-    import os
-
-    mode = mode or os.environ.get(KERNEL_MODE_ENV, "auto")
-    if mode not in KERNEL_MODES:
-        raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, got {mode!r} (from ${KERNEL_MODE_ENV}?)")
-    _MODE[0] = mode
-    if mode == "eager":
-        _KERNELS.update(EAGER_KERNELS)
-    else:
-        _KERNELS.update({name: _Compiled(kernel, strict=mode == "compiled") for name, kernel in EAGER_KERNELS.items()})
-    return mode
-
-
-def current_kernel_mode() -> str:
-    """``eager`` (asked for, or after a failed compile), ``compiled`` or ``auto``."""
-    if all(_KERNELS[name] is kernel for name, kernel in EAGER_KERNELS.items()):
-        return "eager"
-    return _MODE[0]
-
-
-class _Compiled:
-    """A stage run through ``torch.compile`` from its first call; where that fails (``strict=False``),
-    every stage runs eagerly from then on, after one warning."""
-
-    def __init__(self, kernel, strict: bool) -> None:
-        self.kernel, self.strict = kernel, strict
-        self.compiled = None
-
-    def __call__(self, *args: Tensor):
-        if self.compiled is None:
-            self.compiled = torch.compile(self.kernel, dynamic=True, fullgraph=True)
-        try:
-            return self.compiled(*args)
-        except Exception as err:  # noqa: BLE001 - any compiler failure: the eager stage computes the same
-            if self.strict:
-                raise
-            import warnings
-
-            first_line = str(err).splitlines()[0] if str(err) else ""
-            warnings.warn(f"matforge: compiling the smooth CGCNN's message kernels failed ({type(err).__name__}: "
-                          f"{first_line}); running them eagerly", stacklevel=2)
-            _KERNELS.update(EAGER_KERNELS)
-            return self.kernel(*args)
-
-
-set_kernel_mode()  # $MATFORGE_KERNELS, else auto

@@ -65,6 +65,13 @@ It is used when E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P; otherwise the direc
 per edge (``x^vs_e ⊙ r̂_e`` as written above) while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs
 where no two edges share a pair (P = E: large cells, molecules) run the per-edge form throughout.
 
+Fused pair operations: each sum over pairs above is ``Σ_{p: i_p = i} X_p ⊙ b_{j_p}`` with ``X`` per pair
+(``R_p W_sᵀ``, ``T_p W_vsᵀ``, ``R_p W_vvᵀ``) and ``b`` per atom (``φ^s_m``, ``φ^vs_m``, and ``φ^vv_m ⊙ v``, a
+product of two rows of the same atom ``j``, formed per atom); it runs as
+:func:`matforge.models.pair_products.pair_scatter`, whose derivatives of every order are the same
+fused gather–multiply–scatter and pair-product loops, so force and stress training never builds
+autograd's graph of per-pair gathers and products.
+
 Output: ``BackboneOutput(node=s (N, F), vector=v (N, 3, F))``.
 """
 
@@ -76,6 +83,7 @@ import torch
 from torch import Tensor, nn
 
 from matforge.models.base import Backbone, BackboneOutput, GraphInputs
+from matforge.models.pair_products import pair_scatter
 from matforge.models.radial import BesselBasis
 from matforge.models.radial import envelope as make_envelope
 
@@ -141,27 +149,19 @@ class PaiNNMessage(nn.Module):
         """s (N, F), v (N, 3, F) -> the updated (s, v)."""
         g = geometry
         j, i = g.pair_index[0], g.pair_index[1]
+        atoms = s.shape[0]
         phi = torch.split(self.phi(s), self.dim, dim=-1)
         weight = torch.split(self.filter.weight, self.dim, dim=0)
         linear = nn.functional.linear
-        ds = torch.zeros_like(s).index_add(0, i, phi[0].index_select(0, j) * linear(g.pair_radial, weight[0]))
-        dv = torch.zeros_like(v)
+        ds = pair_scatter(linear(g.pair_radial, weight[0]), phi[0], i, j, atoms, vector=False)
         if g.pair_directional is not None:
-            dv_pair = torch.matmul(g.pair_directional, weight[1].t()) * phi[1].index_select(0, j).unsqueeze(1)
+            direction_filter = torch.matmul(g.pair_directional, weight[1].t())               # (P, 3, F)
+            dv = pair_scatter(direction_filter, phi[1], i, j, atoms, vector=True)
         else:
-            x_vs = phi[1].index_select(0, g.edge_index[0]) * linear(g.edge_radial, weight[1])
-            dv_edge = x_vs.unsqueeze(1) * g.direction.unsqueeze(-1)                    # (E, 3, F)
-            if g.pairs_are_edges:
-                dv_pair = dv_edge
-            else:
-                dv = dv.index_add(0, g.edge_index[1], dv_edge)
-                dv_pair = None
-        if not self.first:
-            x_vv = (phi[2].index_select(0, j) * linear(g.pair_radial, weight[2])).unsqueeze(1)
-            v_j = v.index_select(0, j)                                                  # (P, 3, F)
-            dv_pair = x_vv * v_j if dv_pair is None else torch.addcmul(dv_pair, x_vv, v_j)
-        if dv_pair is not None:
-            dv = dv.index_add(0, i, dv_pair)
+            direction_filter = g.direction.unsqueeze(-1) * linear(g.edge_radial, weight[1]).unsqueeze(1)  # (E, 3, F)
+            dv = pair_scatter(direction_filter, phi[1], g.edge_index[1], g.edge_index[0], atoms, vector=True)
+        if not self.first:   # x^vv ⊙ v_j = (R_p W_vvᵀ) ⊙ (φ^vv ⊙ v)_j: the product of two atom rows made per atom
+            dv = dv + pair_scatter(linear(g.pair_radial, weight[2]), phi[2].unsqueeze(1) * v, i, j, atoms, vector=True)
         return s + ds, v + dv
 
 
