@@ -34,6 +34,7 @@ def main() -> int:
 
     from matforge.datasets.graphs import GraphConfig
     from matforge.datasets.loader import GraphDataset
+    from matforge.training.weight_gradients import backward_to_weights, trainable_weights
     from matforge.datasets.sampler import AtomBudgetBatchSampler
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.pretrain.config import load_config
@@ -95,7 +96,7 @@ def main() -> int:
         for p in params:
             p.grad = None
         loss = objective.loss(module(batch, **options), batch)
-        loss.backward()
+        backward_to_weights(loss, params)
         grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         return float(loss.detach()), grads
 
@@ -112,7 +113,7 @@ def main() -> int:
     for k in range(3):
         optimizer.zero_grad(set_to_none=True)
         loss = objective.loss(wrapped(batch, **options), batch)
-        loss.backward()
+        backward_to_weights(loss, trainable_weights(model))
         optimizer.step()
         print(f"ddp step {k + 1}: loss {float(loss.detach()):.6g}")
         if not torch.isfinite(loss):

@@ -43,6 +43,7 @@ def child_step_rate(data: str, config: str, overrides: list[str], steps: int, se
     from matforge.datasets.shard_dataset import open_dataset
     from matforge.pretrain.config import load_config
     from matforge.training.schedule import build_optimizer
+    from matforge.training.weight_gradients import backward_to_weights, trainable_weights
     from matforge.pretrain.worker import build_model, build_objective
 
     cfg = load_config(config, [f"data.train={data}", "data.train_split=null", "data.val=null", "data.val_split=null",
@@ -66,7 +67,7 @@ def child_step_rate(data: str, config: str, overrides: list[str], steps: int, se
     def step(batch: Any) -> None:
         loss = objective.loss(model(batch, **options), batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward_to_weights(loss, trainable_weights(model))
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
 

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from matforge.models.model import AtomisticModel
     from matforge.models.objectives import build_objective
     from matforge.models.registry import create
+    from matforge.training.weight_gradients import backward_to_weights, trainable_weights
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("directory")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     def step() -> None:
         loss = objective.loss(model(batch, **options), batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward_to_weights(loss, trainable_weights(model))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
 

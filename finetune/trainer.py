@@ -28,6 +28,7 @@ import torch
 
 from matforge.training.early_stopping import EarlyStopping
 from matforge.training.schedule import LRSchedule, build_optimizer
+from matforge.training.weight_gradients import backward_to_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from matforge.finetune.graph_store import GraphStore
@@ -124,7 +125,7 @@ def train(model: "AtomisticModel", objective: "TaskObjective", strategy: "Strate
                 lr = schedule.step_to(step)
                 loss = objective.loss(model(batch, **forward), batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                backward_to_weights(loss, trainable)
                 torch.nn.utils.clip_grad_norm_(trainable, clip)
                 optimizer.step()
                 if ema is not None:

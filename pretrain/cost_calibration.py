@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
+from matforge.training.weight_gradients import backward_to_weights, trainable_weights
+
 if TYPE_CHECKING:
     from matforge.training.checkpoint import TrainState
     from matforge.pretrain.config import PretrainConfig
@@ -158,7 +160,7 @@ def time_training_steps(model: torch.nn.Module, objective: Any, batches: Sequenc
                 _sync(device)
                 start = time.perf_counter()
                 loss = objective.loss(model(batch, **options), batch)
-                loss.backward()
+                backward_to_weights(loss, trainable_weights(model))
                 _sync(device)
                 if attempt:             # the first pass warms caches and the allocator
                     fastest[k] = min(fastest[k], time.perf_counter() - start)

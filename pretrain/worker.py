@@ -45,6 +45,7 @@ from matforge.pretrain.distributed import broadcast_json, start_all_reduce_sum
 from matforge.pretrain.evaluation import Evaluator
 from matforge.pretrain.monitor import LossWindow, Monitor, ThroughputMeter, peak_memory_mb, reduce_window
 from matforge.training.schedule import LRSchedule, build_optimizer
+from matforge.training.weight_gradients import backward_to_weights, trainable_weights
 from matforge.pretrain.storage_check import check_worker_storage
 from matforge.pretrain.sync_timing import attach_sync_timer
 
@@ -147,6 +148,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         print(f"[matforge] objective {objective.name!r} cannot train {', '.join(inert)}: kept fixed", flush=True)
     ddp_model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs=_ddp_options(model)) if world > 1 else model
+    trainable = trainable_weights(model)   # the backward pass stops at these (training/weight_gradients.py)
     state.world_size = world
     from matforge.datasets.prefetch import ThreadPrefetch, resolve_loader_workers, resolve_prefetch_mode
 
@@ -226,7 +228,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             if prefetch is not None and prefetch_mode == "backward":
                 prefetch.release()    # the next batch is built while the backward runs without the GIL
-            loss.backward()
+            backward_to_weights(loss, trainable)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             state.step = step
