@@ -58,12 +58,13 @@ the double backward of force and stress training, are done once per pair. Small 
 have many images per pair (perov5 with r_c = 5 Å: ~39 edges but ~5 pairs per atom). ``R_p`` and
 ``T_p`` are formed once and shared by all interactions.
 
-The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product where the per-edge form
-costs an (E, F) product and an (E, 3, F) outer product, so it only pays when pairs have more than
-about one edge (measured on 2 cores: slower at E ≈ P, faster for force training from E ≈ 1.3 P).
-It is used when E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P; otherwise the direction term is summed
-per edge (``x^vs_e ⊙ r̂_e`` as written above) while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs
-where no two edges share a pair (P = E: large cells, molecules) run the per-edge form throughout.
+The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product for the filter ``T_p W_vsᵀ``;
+summed per edge it costs an (E × (K+1)) · ((K+1) × F) product, and the outer product with ``r̂_e`` is
+folded into a fused kernel (:mod:`matforge.models.edge_direction`) that stores nothing of size
+(E, 3, F). The per-pair form is used when it has fewer FLOPs, E ≥ :data:`PAIR_DIRECTION_MIN_EDGES` · P
+(dense small cells such as perov5 at 5 Å, ~8 edges per pair); otherwise (large cells, long cutoffs
+where most pairs have one or two images) the direction term is summed per edge while ``x^s`` and
+``x^vv`` still use ``R_p``. Graphs where no two edges share a pair (P = E) run the per-edge form.
 
 Fused pair operations: each sum over pairs above is ``Σ_{p: i_p = i} X_p ⊙ b_{j_p}`` with ``X`` per pair
 (``R_p W_sᵀ``, ``T_p W_vsᵀ``, ``R_p W_vvᵀ``) and ``b`` per atom (``φ^s_m``, ``φ^vs_m``, and ``φ^vv_m ⊙ v``, a
@@ -83,11 +84,12 @@ import torch
 from torch import Tensor, nn
 
 from matforge.models.base import Backbone, BackboneOutput, GraphInputs
+from matforge.models.edge_direction import edge_direction_scatter
 from matforge.models.pair_products import pair_scatter
 from matforge.models.radial import BesselBasis
 from matforge.models.radial import envelope as make_envelope
 
-PAIR_DIRECTION_MIN_EDGES = 1.5  # edges per pair from which the direction term is summed per pair
+PAIR_DIRECTION_MIN_EDGES = 3.0  # edges per pair from which the direction filter costs fewer FLOPs per pair
 
 
 def scalar_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -157,9 +159,9 @@ class PaiNNMessage(nn.Module):
         if g.pair_directional is not None:
             direction_filter = torch.matmul(g.pair_directional, weight[1].t())               # (P, 3, F)
             dv = pair_scatter(direction_filter, phi[1], i, j, atoms, vector=True)
-        else:
-            direction_filter = g.direction.unsqueeze(-1) * linear(g.edge_radial, weight[1]).unsqueeze(1)  # (E, 3, F)
-            dv = pair_scatter(direction_filter, phi[1], g.edge_index[1], g.edge_index[0], atoms, vector=True)
+        else:   # Σ_e r̂_e ⊗ ((R_e W_vsᵀ) ⊙ φ^vs_j), fused (models/edge_direction.py)
+            dv = edge_direction_scatter(linear(g.edge_radial, weight[1]), g.direction, phi[1], g.edge_index[1],
+                                        g.edge_index[0], atoms)
         if not self.first:   # x^vv ⊙ v_j = (R_p W_vvᵀ) ⊙ (φ^vv ⊙ v)_j: the product of two atom rows made per atom
             dv = dv + pair_scatter(linear(g.pair_radial, weight[2]), phi[2].unsqueeze(1) * v, i, j, atoms, vector=True)
         return s + ds, v + dv

@@ -25,9 +25,11 @@ gather, a multiply and an ``index_add``.
 Why: autograd's version materialises the gathered rows (P, 3, F), the product, and in the backward
 pass the gathered gradient and two more products, each a full pass over memory; the double backward
 repeats that for every term. Here each S or Q is one loop (``torch.compile``: one C++ loop on a CPU,
-one Triton kernel on a GPU, atomics for the scatter; :mod:`matforge.models.kernel_mode`) that reads
-the per-atom rows through the indices and writes one result: fewer memory passes per pair on any
-device, the same FLOPs. Eager mode computes the same with separate PyTorch operations.
+one Triton kernel on a GPU; :mod:`matforge.models.kernel_mode`) that reads the per-atom rows through
+the indices and writes the per-pair terms once, which S then sums into rows with PyTorch's
+``index_add_`` (deterministic on a CPU, unlike a scatter with atomic adds inside the loop): fewer
+memory passes per pair on any device, the same FLOPs. Eager mode computes the same with separate
+PyTorch operations.
 
 The tests compare S and Q with autograd on the plain expressions in float64 (``gradcheck`` and
 ``gradgradcheck``) for every combination of shapes PaiNN uses, eager and compiled.
@@ -43,26 +45,29 @@ from matforge.models.kernel_mode import kernel_table
 
 # --- the kernels, one per combination of shapes: torch.compile caches per function, so each case ------
 # --- compiles once (per dtype) instead of counting against one function's recompile limit ----------------
-# Names: s = (., F), v = (., 3, F); scatter_<x><b>_<result>, product_<g><b>_<result>.
+# Names: s = (., F), v = (., 3, F); scatter_<x><b>_<result> (the per-pair terms of S, summed into rows by
+# sum_into_rows), product_<g><b>_<result>.
 
-def _scatter_ss_s(x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int) -> Tensor:
-    product = x * b.index_select(0, read_index)
-    return product.new_zeros((rows, product.shape[1])).index_add_(0, out_index, product)
-
-
-def _scatter_vs_v(x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int) -> Tensor:
-    product = x * b.index_select(0, read_index).unsqueeze(1)
-    return product.new_zeros((rows,) + product.shape[1:]).index_add_(0, out_index, product)
+def _scatter_ss_s(x: Tensor, b: Tensor, read_index: Tensor) -> Tensor:
+    return x * b.index_select(0, read_index)
 
 
-def _scatter_sv_v(x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int) -> Tensor:
-    product = x.unsqueeze(1) * b.index_select(0, read_index)
-    return product.new_zeros((rows,) + product.shape[1:]).index_add_(0, out_index, product)
+def _scatter_vs_v(x: Tensor, b: Tensor, read_index: Tensor) -> Tensor:
+    return x * b.index_select(0, read_index).unsqueeze(1)
 
 
-def _scatter_vv_s(x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int) -> Tensor:
-    product = (x * b.index_select(0, read_index)).sum(dim=1)
-    return product.new_zeros((rows, product.shape[1])).index_add_(0, out_index, product)
+def _scatter_sv_v(x: Tensor, b: Tensor, read_index: Tensor) -> Tensor:
+    return x.unsqueeze(1) * b.index_select(0, read_index)
+
+
+def _scatter_vv_s(x: Tensor, b: Tensor, read_index: Tensor) -> Tensor:
+    return (x * b.index_select(0, read_index)).sum(dim=1)
+
+
+def sum_into_rows(terms: Tensor, index: Tensor, rows: int) -> Tensor:
+    """``out[n] = Σ_{p: index[p] = n} terms[p]``: (rows, ...). PyTorch's ``index_add_``, outside the
+    compiled kernels: deterministic on a CPU (a compiled scatter adds atomically, in a varying order)."""
+    return terms.new_zeros((rows,) + terms.shape[1:]).index_add_(0, index, terms)
 
 
 def _product_ss_s(g: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor) -> Tensor:
@@ -104,7 +109,7 @@ class _PairScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int, vector: bool) -> Tensor:
         ctx.save_for_backward(x, b, out_index, read_index)
-        return _KERNELS["scatter_" + _case(x, b, vector)](x, b, out_index, read_index, rows)
+        return sum_into_rows(_KERNELS["scatter_" + _case(x, b, vector)](x, b, read_index), out_index, rows)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -157,7 +162,7 @@ def pair_product(g: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, ve
 def pair_scatter_reference(x: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, rows: int,
                            vector: bool) -> Tensor:
     """S written with plain PyTorch operations, differentiated by autograd (for the tests)."""
-    return EAGER_KERNELS["scatter_" + _case(x, b, vector)](x, b, out_index, read_index, rows)
+    return sum_into_rows(EAGER_KERNELS["scatter_" + _case(x, b, vector)](x, b, read_index), out_index, rows)
 
 
 def pair_product_reference(g: Tensor, b: Tensor, out_index: Tensor, read_index: Tensor, vector: bool) -> Tensor:
