@@ -65,18 +65,6 @@ def write_science_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def read_science_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a science ``results.csv``, numbers parsed (empty -> None)."""
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if value in ("", None):
-                    row[key] = None
-                elif key in INTEGERS:
-                    row[key] = int(float(value))
-                elif key in FLOATS:
-                    row[key] = float(value)
-                else:
-                    row[key] = value
-            rows.append(row)
-    return rows
+    from matforge.finetune.bench_results import read_typed_csv
+
+    return read_typed_csv(path, INTEGERS, FLOATS)

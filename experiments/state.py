@@ -14,20 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from matforge.experiments.plan import NOT_RESULTS, PlanError
+from matforge.pretrain.resume_check import flatten
 
 PLAN_FILE = "plan.json"
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

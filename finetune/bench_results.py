@@ -55,11 +55,13 @@ def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def read_results_csv(path: Path) -> list[dict]:
-    """Rows of a ``results.csv`` with numbers parsed (empty -> None)."""
-    integers = {"fold", "seed", "train_size", "val_size", "test_size", "trainable_parameters", "total_parameters",
-                "best_epoch"}
-    floats = {"mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae", "wall_s", "fit_wall_s"}
+RESULT_INTEGERS = frozenset({"fold", "seed", "train_size", "val_size", "test_size", "trainable_parameters",
+                             "total_parameters", "best_epoch"})
+RESULT_FLOATS = frozenset({"mae", "rmse", "r2", "roc_auc", "accuracy", "forces_mae", "val_mae", "wall_s", "fit_wall_s"})
+
+
+def read_typed_csv(path: Path, integers: frozenset[str] | set[str], floats: frozenset[str] | set[str]) -> list[dict]:
+    """Rows of a CSV file as dicts: columns in ``integers``/``floats`` parsed, empty cells None."""
     rows = []
     with open(path, newline="") as f:
         for raw in csv.DictReader(f):
@@ -75,6 +77,11 @@ def read_results_csv(path: Path) -> list[dict]:
                     row[k] = v
             rows.append(row)
     return rows
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    """Rows of a ``results.csv`` with numbers parsed (empty -> None)."""
+    return read_typed_csv(path, RESULT_INTEGERS, RESULT_FLOATS)
 
 
 def result_row(cell: Cell, arch: str | None, units: str, metrics: dict | None, wall_s: float | None,
