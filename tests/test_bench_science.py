@@ -182,7 +182,7 @@ def test_results_page_from_a_results_csv(tmp_path):
 @pytest.mark.timeout(600)
 def test_mini_preset_end_to_end(tmp_path):
     out = tmp_path / "science"
-    env = {**os.environ, "MATFORGE_KERNELS": "eager"}
+    env = {**os.environ, "MATFORGE_KERNELS": "eager"}   # compiling adds CI time; the kernel tests cover it
     cmd = [sys.executable, "-m", "matforge", "bench", "science", "--preset", "mini", "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
