@@ -58,7 +58,7 @@ def released_path(name: str) -> Path:
     return RELEASED_DIR / name
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
+def resolve_backbone(name_or_path: str | os.PathLike) -> Path:
     """A released name's directory, or the given path; a bare word that is neither is an unknown name."""
     if isinstance(name_or_path, str) and is_released(name_or_path):
         return released_path(name_or_path)
@@ -97,7 +97,7 @@ def describe(name_or_path: str | os.PathLike) -> dict[str, Any]:
     (see the module docstring). Raises :class:`BackboneFileError` for an unknown name or a
     backbone that cannot be read.
     """
-    path = _resolve(name_or_path)
+    path = resolve_backbone(name_or_path)
     card = read_card(path)
     provenance = card.get("provenance") or {}
     architecture = card["architecture"]

@@ -1,6 +1,7 @@
 """An ASE calculator over any matforge model with an energy head (trained or not).
 
-``MatforgeCalculator(path_or_model, dtype="float32"|"float64", device="cpu")`` builds the graph of
+``MatforgeCalculator(path_or_model, dtype="float32"|"float64", device="cpu")`` (a model, a backbone
+directory, or the name of a released backbone such as ``matforge-efs-small``) builds the graph of
 ``atoms`` with :class:`matforge.datasets.graphs.GraphBuilder` at the model's own cutoff and
 neighbour limit, and evaluates energy, forces and stress in one autograd pass
 (:class:`matforge.models.model.AtomisticModel`). Results in ASE units and conventions:
@@ -43,9 +44,10 @@ class MatforgeCalculator(Calculator):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(path_or_model, (str, Path)):
+            from matforge.finetune.registry import resolve_backbone   # a released name, or a path
             from matforge.models import load
 
-            model = load(path_or_model)
+            model = load(resolve_backbone(path_or_model))
         else:
             model = path_or_model
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "heads"):

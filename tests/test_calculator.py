@@ -147,3 +147,11 @@ def test_loads_a_saved_backbone_by_path(tmp_path):
     assert by_path.results["energy"] == pytest.approx(direct.results["energy"], rel=1e-12)
     np.testing.assert_allclose(by_path.results["forces"], direct.results["forces"], atol=1e-12)
     np.testing.assert_allclose(by_path.results["stress"], direct.results["stress"], atol=1e-12)
+
+
+def test_a_released_backbone_is_found_by_name():
+    """A name from `matforge backbones` works as well as a path; an unknown bare name lists the known."""
+    with pytest.raises(ValueError, match="no 'energy' head"):   # found: the CGCNN release predicts a property
+        MatforgeCalculator("cgcnn-formation-energy")
+    with pytest.raises(Exception, match="unknown released backbone 'no-such-backbone'.*cgcnn-band-gap"):
+        MatforgeCalculator("no-such-backbone")
