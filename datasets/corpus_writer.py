@@ -37,6 +37,7 @@ import signal
 import struct
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -145,6 +146,9 @@ def _one_thread() -> int:
 
 def _init_worker(workdir: str, settings: CorpusSettings, factory: LabellerFactory) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    # pymatgen sorts formulas by electronegativity and warns, once per noble-gas element and process,
+    # that it has none: noise in the log, not a problem of the data
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity")
     _one_thread()
     seeds = [SeedStructure.from_dict(d) for d in json.loads((Path(workdir) / SEEDS_NAME).read_text())]
     _STATE.update(workdir=Path(workdir), settings=settings, seeds=seeds, labeller=factory())

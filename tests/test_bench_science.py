@@ -4,6 +4,7 @@ changed settings, the table maths and the generated conclusions; and one end-to-
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -178,6 +179,17 @@ def test_results_page_from_a_results_csv(tmp_path):
 
 # -- the miniature, end to end -----------------------------------------------------------------------
 
+def _release_script():
+    """finetune/backbones/make_efs_small.py (a repository script, not an installed module)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "finetune" / "backbones" / "make_efs_small.py"
+    spec = importlib.util.spec_from_file_location("make_efs_small", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_mini_preset_end_to_end(tmp_path):
@@ -198,6 +210,11 @@ def test_mini_preset_end_to_end(tmp_path):
     assert all(math.isfinite(r["mae"]) for r in rows)
     page = (out / "results.md").read_text()
     assert "## What reproduces and what does not" in page and "## Attention-CGCNN against CGCNN" in page
+    released = _release_script().make(out, "exp1-efs", tmp_path / "released")   # the matforge-efs-small path
+    card = json.loads((released / "card.json").read_text())["provenance"]
+    assert card["name"] == "matforge-efs-small" and card["objective"] == "efs" and card["steps"] == 3
+    assert [(d["task"], d["training_size"]) for d in card["downstream"]] == [("matbench_jdft2d", "40")]
+    assert card["leakage"]["corpus_records_matching_downstream"] == 0 and "val/forces_mae" in card["validation"]
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)   # everything is done
     assert again.returncode == 0 and "0 run," in again.stdout, again.stdout[-2000:]
     changed = subprocess.run(cmd + ["pretrain.steps=4"], env=env, capture_output=True, text=True, cwd=tmp_path)

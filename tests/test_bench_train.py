@@ -10,7 +10,7 @@ import pytest
 
 from matforge.cli.main import main
 
-TINY = ["--steps", "1", "--repeats", "1", "--warmup", "0", "--batches", "1"]
+TINY = ["--steps", "1", "--repeats", "1", "--warmup", "0", "--batches", "1", "--same-process"]
 
 
 def _run_json(capsys, *args: str) -> dict:
@@ -41,11 +41,13 @@ def test_json_keys_on_perov5_rows(perov5_dir, capsys):
 
 
 def test_dataset_labels_and_hyperparameters(synth_dir, capsys):
-    report = _run_json(capsys, str(synth_dir), *TINY, "--backbones", "painn,cgcnn_smooth", "--max-atoms", "40",
+    isolated = [a for a in TINY if a != "--same-process"]   # the default: each backbone in a fresh process
+    report = _run_json(capsys, str(synth_dir), *isolated, "--backbones", "painn,cgcnn_smooth", "--max-atoms", "40",
                        "--threads", "1", "--hyperparameter", "cutoff=3.5", "--hyperparameter", "num_radial=8",
                        "--hyperparameter", "num_interactions=1")
     assert report["efs"]["painn"]["placeholder_labels"] is False
     for name in ("painn", "cgcnn_smooth"):
+        assert report["efs"][name]["kernels"] in ("auto", "compiled", "eager")   # the fresh process's own
         hp = report["efs"][name]["hyperparameters"]
         assert (hp["cutoff"], hp["num_radial"], hp["num_interactions"]) == (3.5, 8, 1)
     assert report["threads"] == 1
