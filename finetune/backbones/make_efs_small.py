@@ -71,11 +71,21 @@ def downstream_table(science: Path, model: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _leakage(science: Path, corpus_dir: Path) -> dict[str, Any] | None:
+    """The science run's leakage check (``leakage.json``), run now for its tasks if it has not run."""
+    from matforge.experiments.leakage_hook import leakage_overlap
+
+    plan = _read_json(science / "plan.json")
+    settings = plan.get("plan", plan)
+    tasks = sorted({t["name"] for exp in ("exp1", "exp2") for t in settings.get(exp, {}).get("tasks", [])})
+    return leakage_overlap(science, corpus_dir, tasks)
+
+
 def release_provenance(science: Path, label: str) -> dict[str, Any]:
     """The release record (module docstring) from the science run's files."""
     corpus = _read_json(science / "corpus.json")
     pretrain = _read_json(science / "pretrain" / f"{label}.json")
-    leakage = json.loads((science / "leakage.json").read_text()) if (science / "leakage.json").is_file() else None
+    leakage = _leakage(science, Path(corpus["path"]))
     manifest_path = Path(corpus["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     labels_source = next((src["labels"] for src in manifest.get("sources") or []
