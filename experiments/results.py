@@ -9,8 +9,6 @@ Gathered from the harness grids (``OUT/finetune/<exp>/<task>/seed<s>/results.csv
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -53,14 +51,9 @@ def gather(out: Path) -> list[dict[str, Any]]:
 
 def write_science_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write ``rows`` with :data:`SCIENCE_COLUMNS` atomically."""
-    from matforge.finetune.bench_results import write_text_atomic
+    from matforge.finetune.bench_results import write_columns_csv
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(SCIENCE_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SCIENCE_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
+    write_columns_csv(path, rows, SCIENCE_COLUMNS)
 
 
 def read_science_csv(path: Path) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 
 from matforge.finetune.bench_grid import Cell, size_label
@@ -45,14 +45,19 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
-def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
-    """``results.csv`` with :data:`RESULT_COLUMNS`, written atomically."""
+def write_columns_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """``rows`` as a CSV with exactly ``columns`` (None -> empty cell), written atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     write_text_atomic(path, buf.getvalue())
+
+
+def write_results_csv(path: Path, rows: Iterable[dict]) -> None:
+    """``results.csv`` with :data:`RESULT_COLUMNS`, written atomically."""
+    write_columns_csv(path, rows, RESULT_COLUMNS)
 
 
 RESULT_INTEGERS = frozenset({"fold", "seed", "train_size", "val_size", "test_size", "trainable_parameters",

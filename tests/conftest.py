@@ -28,3 +28,16 @@ def perov5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("perov5") / "perov5"
     convert([(Path(__file__).parent / "fixtures" / "perov5" / "val.csv").resolve()], out)
     return out
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def kernels(request):
+    """Each fused-kernel test once eagerly and once compiled (models/kernel_mode.py); eager afterwards."""
+    import torch
+
+    from matforge.models import kernel_mode
+
+    torch._dynamo.reset()  # other tests' shapes and dtypes must not count against the recompile limit
+    mode = kernel_mode.set_kernel_mode(request.param)
+    yield mode
+    kernel_mode.set_kernel_mode("eager")

@@ -3,19 +3,10 @@ equal autograd on the plain expression, eager and compiled; the third derivative
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from matforge.models import edge_direction as ed
 from matforge.models import kernel_mode
-
-
-@pytest.fixture(params=["eager", "compiled"])
-def kernels(request):
-    torch._dynamo.reset()
-    mode = kernel_mode.set_kernel_mode(request.param)
-    yield mode
-    kernel_mode.set_kernel_mode("eager")
 
 
 def _inputs(edges: int = 13, atoms: int = 5, width: int = 3, seed: int = 0):

@@ -9,14 +9,6 @@ import torch
 from matforge.models import gated_message as gm
 
 
-@pytest.fixture(params=["eager", "compiled"])
-def kernels(request):
-    torch._dynamo.reset()  # other tests' shapes and dtypes must not count against the recompile limit
-    mode = gm.set_kernel_mode(request.param)
-    yield mode
-    gm.set_kernel_mode("eager")
-
-
 def _inputs(atoms: int = 5, edges: int = 9, width: int = 3, dtype=torch.float64):
     gen = torch.Generator().manual_seed(3)
     a = (2 * torch.randn(atoms, 2 * width, generator=gen, dtype=dtype)).requires_grad_(True)

@@ -15,14 +15,6 @@ SCATTER_CASES = [(2, 2, False), (3, 2, True), (2, 3, True), (3, 3, False)]
 PRODUCT_CASES = [(2, 2, False), (3, 2, True), (2, 3, True), (3, 3, False)]
 
 
-@pytest.fixture(params=["eager", "compiled"])
-def kernels(request):
-    torch._dynamo.reset()  # other tests' shapes and dtypes must not count against the recompile limit
-    mode = kernel_mode.set_kernel_mode(request.param)
-    yield mode
-    kernel_mode.set_kernel_mode("eager")
-
-
 def _tensor(gen, rows: int, rank: int, width: int = 3) -> torch.Tensor:
     shape = (rows, width) if rank == 2 else (rows, 3, width)
     return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
