@@ -197,8 +197,7 @@ def measure(directory: str | None, *, steps: int = 10, repeats: int = 3, warmup:
     """The report (see the module docstring) as one JSON-ready dict.
 
     ``isolate``: each backbone in a fresh process (spawned), so no backbone inherits another's allocator
-    state, compiled kernels or warm caches (measured: a PaiNN EFS step 23 % slower when it ran after the
-    smooth CGCNN in the same process); ``kernels`` is the kernel mode the processes use."""
+    state, compiled kernels or warm caches; ``kernels`` is the kernel mode the processes use."""
     import torch
 
     from matforge.models.registry import ARCHITECTURES

@@ -62,8 +62,8 @@ The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product for th
 and per-pair kernels over (P, 3, F); summed per edge it costs an (E × (K+1)) · ((K+1) × F) product,
 and the outer product with ``r̂_e`` is folded into a fused kernel (:mod:`matforge.models.edge_direction`)
 that stores nothing of size (E, 3, F) but works over E × 3 × F. The per-pair form is used when pairs
-have at least :data:`PAIR_DIRECTION_MIN_EDGES` edges on average (measured with the fused kernels, mlearn
-Si at 8 Å, E ≈ 1.7 P: the force-training step 5 % faster per pair, the energy step 11 % slower);
+have at least :data:`PAIR_DIRECTION_MIN_EDGES` edges on average, the crossover of the force-training step
+measured with the fused kernels;
 otherwise the direction term is summed per edge while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs
 where no two edges share a pair (P = E) run the per-edge form.
 
