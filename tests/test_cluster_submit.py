@@ -1,7 +1,7 @@
 """``matforge cluster``, in-process and without a Ray cluster: arguments, error lines, exit statuses,
 following a job and the commands (with a fake client). Address resolution is in test_cluster_address.py,
 tokens and runtime envs in test_cluster_auth_env.py; the real submission path runs against local Ray
-nodes in test_cluster_loopback.py.
+nodes in test_cluster_two_nodes.py and test_cluster_token_head.py.
 """
 
 from __future__ import annotations
