@@ -72,10 +72,26 @@ def run(args: argparse.Namespace) -> int:
     for s in info["shards"]:
         print(f"    {s['file']}  {s['num_records']} records  {s['num_atoms']} atoms  {s['bytes'] / 1e6:.1f} MB")
     for src in info["sources"]:
-        print(f"  source    {src['path']} [{src['format']}]  written {src.get('records_written', 0)}"
-              f"  skipped {src.get('records_skipped', 0)}")
-        for c in src.get("conversions", []):
-            print(f"            converted {c}")
+        _print_source(src, "  ")
     if args.verify:
         print("  checksums verified")
     return 0
+
+
+def _print_source(src: dict, indent: str) -> None:
+    """One manifest source line (and its conversions, the model its labels come from, and the sources
+    of a merged or filtered dataset, indented below it)."""
+    if "records_kept" in src:   # a dataset copied by data merge / leakage --drop-to
+        counts = f"kept {src['records_kept']} of {src.get('records_read', '?')}  filter {src.get('filter', 'none')}"
+    else:
+        counts = f"written {src.get('records_written', 0)}  skipped {src.get('records_skipped', 0)}"
+    print(f"{indent}source    {src.get('path', '?')} [{src.get('format', '?')}]  {counts}")
+    labels = src.get("labels") if src.get("labels_from_model") else None
+    if isinstance(labels, dict):
+        print(f"{indent}          labels from {labels.get('model', '?')} {labels.get('weights_version', '')} "
+              f"({labels.get('licence', 'licence not given')}), not measured")
+    for c in src.get("conversions", []):
+        print(f"{indent}          converted {c}")
+    for inner in src.get("sources") or []:
+        if isinstance(inner, dict):
+            _print_source(inner, indent + "  ")

@@ -129,7 +129,7 @@ def test_drop_writes_only_unmatched_records(corpus: Path, tmp_path: Path) -> Non
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
     with pytest.raises(Exception, match="not empty"):
         write_without([corpus], report.dropped(), out)
-    with pytest.raises(Exception, match="cannot replace the corpus"):
+    with pytest.raises(Exception, match="cannot replace a dataset it is read from"):
         write_without([corpus], report.dropped(), corpus, overwrite=True)
 
 

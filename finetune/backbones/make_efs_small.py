@@ -83,13 +83,14 @@ def _leakage(science: Path, corpus_dir: Path) -> dict[str, Any] | None:
 
 def release_provenance(science: Path, label: str) -> dict[str, Any]:
     """The release record (module docstring) from the science run's files."""
+    from matforge.datasets.combine import model_labels
+
     corpus = _read_json(science / "corpus.json")
     pretrain = _read_json(science / "pretrain" / f"{label}.json")
     leakage = _leakage(science, Path(corpus["path"]))
     manifest_path = Path(corpus["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    labels_source = next((src["labels"] for src in manifest.get("sources") or []
-                          if isinstance(src, dict) and src.get("labels_from_model")), None)
+    labels_source = next(iter(model_labels(manifest.get("sources") or [])), None)
     metrics = pretrain.get("metrics") or {}
     labeller = (f"the {labels_source['model']} {labels_source.get('weights_version', '')} universal potential"
                 if labels_source else "the corpus's calculator")
