@@ -101,7 +101,8 @@ def write_combined(corpora: Sequence[str | Path], out: str | Path, drop: Mapping
         manifest.sources = [
             {"path": k, "format": "matforge-lmdb", "dataset_id": ds.manifest.dataset_id,
              "records_read": len(ds), "records_dropped": len(d), "records_kept": len(ds) - len(d),
-             "filter": filter_note or "none", "sources": list(ds.manifest.sources or [])}
+             "filter": filter_note or "none", "command": ds.manifest.command,
+             "sources": list(ds.manifest.sources or [])}
             for k, ds, d in zip(keys, datasets, dropped)
         ]
         manifest.write(inner)
@@ -113,23 +114,49 @@ def write_combined(corpora: Sequence[str | Path], out: str | Path, drop: Mapping
     return CombineResult(out, report.num_records, sum(len(d) for d in dropped), report.num_skipped)
 
 
+def _inner_sources(source: dict[str, Any], follow_paths: bool) -> tuple[list[Any], str]:
+    """The sources and command of the dataset a matforge-lmdb ``source`` entry was copied from: nested in
+    the entry, or (entries written before nesting) read from the manifest at its ``path`` when
+    ``follow_paths`` and that manifest exists."""
+    if "sources" in source:
+        return list(source.get("sources") or []), str(source.get("command") or "")
+    if follow_paths and source.get("format") == "matforge-lmdb" and source.get("path"):
+        try:
+            manifest = Manifest.read(source["path"])
+        except (DatasetError, OSError, ValueError):
+            return [], ""
+        return list(manifest.sources or []), str(manifest.command or "")
+    return [], ""
+
+
 def model_labels(sources: Sequence[Any], follow_paths: bool = True) -> list[dict[str, Any]]:
     """The ``labels`` records of every source, at any depth of ``sources``, whose labels come from a
-    model (``labels_from_model``): e.g. CHGNet's name, version, weights' hash and licence.
-
-    A matforge-lmdb source written before sources were nested (no ``"sources"`` key) is followed to
-    the manifest at its ``path`` when ``follow_paths`` and that manifest exists."""
+    model (``labels_from_model``): e.g. CHGNet's name, version, weights' hash and licence."""
     found: list[dict[str, Any]] = []
     for source in sources or []:
         if not isinstance(source, dict):
             continue
         if source.get("labels_from_model") and isinstance(source.get("labels"), dict):
             found.append(source["labels"])
-        inner = source.get("sources")
-        if inner is None and follow_paths and source.get("format") == "matforge-lmdb" and source.get("path"):
-            try:
-                inner = Manifest.read(source["path"]).sources
-            except (DatasetError, OSError, ValueError):
-                inner = None
-        found.extend(model_labels(inner or [], follow_paths))
+        found.extend(model_labels(_inner_sources(source, follow_paths)[0], follow_paths))
     return found
+
+
+def history(manifest: Manifest, follow_paths: bool = True) -> list[dict[str, Any]]:
+    """How a dataset was made, first step first: ``{"command", "records_dropped", "filter"}`` for each
+    dataset it was copied from (at any depth) and finally for itself."""
+    steps: list[dict[str, Any]] = []
+
+    def walk(sources: Sequence[Any]) -> None:
+        for source in sources or []:
+            if isinstance(source, dict) and source.get("format") == "matforge-lmdb":
+                inner, command = _inner_sources(source, follow_paths)
+                walk(inner)
+                if command:
+                    steps.append({"command": command, "records_dropped": 0, "filter": "none"})
+
+    walk(manifest.sources)
+    dropped = [s for s in manifest.sources or [] if isinstance(s, dict) and s.get("records_dropped")]
+    steps.append({"command": manifest.command, "records_dropped": sum(int(s["records_dropped"]) for s in dropped),
+                  "filter": "; ".join(sorted({str(s.get("filter", "")) for s in dropped})) or "none"})
+    return steps

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from matforge.cli.main import main
-from matforge.datasets.combine import model_labels, write_combined
+from matforge.datasets.combine import history, model_labels, write_combined
 from matforge.datasets.errors import DatasetError
 from matforge.datasets.leakage_drop import write_without
 from matforge.datasets.manifest import Manifest
@@ -45,7 +45,7 @@ def test_merge_keeps_every_record_in_order_and_the_label_provenance(synth_dir: P
                                                                     tmp_path: Path) -> None:
     corpus = _as_model_labelled(synth_dir, tmp_path / "corpus")
     out = tmp_path / "merged"
-    result = write_combined([corpus, perov5_dir], out)
+    result = write_combined([corpus, perov5_dir], out, command="matforge data merge A B --out C")
     first, second, merged = open_dataset(corpus), open_dataset(perov5_dir), open_dataset(out)
     assert (result.num_records, result.num_dropped, result.num_skipped) == (len(first) + len(second), 0, 0)
     assert len(merged) == len(first) + len(second)
@@ -60,9 +60,14 @@ def test_merge_keeps_every_record_in_order_and_the_label_provenance(synth_dir: P
     assert model_labels(entries) == [CHGNET_LABELS]
 
     # a filtered copy of the merge still names the labelling model, two levels down
-    clean = write_without([out], {str(merged.directory): [0, 1]}, tmp_path / "clean")
+    clean = write_without([out], {str(merged.directory): [0, 1]}, tmp_path / "clean", command="matforge data leakage C")
     assert clean.num_records == len(merged) - 2
-    assert model_labels(open_dataset(tmp_path / "clean").manifest.sources) == [CHGNET_LABELS]
+    clean_manifest = open_dataset(tmp_path / "clean").manifest
+    assert model_labels(clean_manifest.sources) == [CHGNET_LABELS]
+    steps = history(clean_manifest)   # the merge, then the filtered copy (the fixtures' writers record no command)
+    assert [s["command"] for s in steps] == ["matforge data merge A B --out C", "matforge data leakage C"]
+    assert [s["records_dropped"] for s in steps] == [0, 2] and "leakage check" in steps[-1]["filter"]
+    assert history(Manifest.read(tmp_path / "clean"), follow_paths=False) == steps   # nested, no path needed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 

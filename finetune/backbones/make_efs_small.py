@@ -10,9 +10,11 @@ of experiment 1 by default), and writes ``<out>/matforge-efs-small/`` (``card.js
 ``model.safetensors``, replacing an earlier copy) with the release record in the card's provenance:
 
     name, licence, trained_on     as for every released backbone (:mod:`matforge.finetune.registry`)
-    corpus                        records, atoms, elements, the command that made it, where its labels
-                                  come from and their licence (the manifest's model-label record)
-    leakage                       the corpus-vs-downstream overlap count of the science run
+    corpus                        records, atoms, elements, the commands that made it (generation, then
+                                  any filtered copy), where its labels come from and their licence
+                                  (the manifests' model-label record, found through copies)
+    leakage                       the corpus-vs-downstream overlap count of the science run, and the
+                                  records a leakage check dropped from the corpus before training
     objective, steps, validation  the pre-training's objective, steps and last validation metrics
     downstream                    per task and training size: MAE mean ± std over seeds of this
                                   backbone and of the scratch baseline, and the % change
@@ -83,26 +85,30 @@ def _leakage(science: Path, corpus_dir: Path) -> dict[str, Any] | None:
 
 def release_provenance(science: Path, label: str) -> dict[str, Any]:
     """The release record (module docstring) from the science run's files."""
-    from matforge.datasets.combine import model_labels
+    from matforge.datasets.combine import history, model_labels
+    from matforge.datasets.manifest import Manifest
 
     corpus = _read_json(science / "corpus.json")
     pretrain = _read_json(science / "pretrain" / f"{label}.json")
     leakage = _leakage(science, Path(corpus["path"]))
-    manifest_path = Path(corpus["path"]) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    labels_source = next(iter(model_labels(manifest.get("sources") or [])), None)
+    manifest = Manifest.read(corpus["path"])
+    labels_source = next(iter(model_labels(manifest.sources)), None)
+    made_by = history(manifest)
+    dropped_before = sum(step["records_dropped"] for step in made_by if "leakage" in step["filter"])
     metrics = pretrain.get("metrics") or {}
     labeller = (f"the {labels_source['model']} {labels_source.get('weights_version', '')} universal potential"
                 if labels_source else "the corpus's calculator")
     trained_on = (f"{corpus['records']:,} non-equilibrium frames ({corpus['atoms']:,} atoms, "
                   f"{len(corpus.get('elements') or [])} elements) labelled with energy, forces and stress by "
-                  f"{labeller}: `{corpus.get('command') or '?'}`")
+                  f"{labeller} (`matforge data synth`; {dropped_before} records matching downstream structures "
+                  f"dropped; the commands are in corpus.commands)")
     return {
         "name": NAME, "licence": LICENCE, "trained_on": trained_on,
-        "corpus": {k: corpus.get(k) for k in ("records", "atoms", "elements", "command", "created", "manifest_sha256")}
-        | {"labels_source": labels_source},
-        "leakage": None if leakage is None else {"corpus_records_matching_downstream": leakage.get("overlap"),
-                                                 "method": leakage.get("method")},
+        "corpus": {k: corpus.get(k) for k in ("records", "atoms", "elements", "created", "manifest_sha256")}
+        | {"commands": [step["command"] for step in made_by], "labels_source": labels_source},
+        "leakage": None if leakage is None else {
+            "corpus_records_matching_downstream": leakage.get("overlap"), "method": leakage.get("method"),
+            "records_dropped_before_training": dropped_before},
         "objective": pretrain.get("objective"), "steps": pretrain.get("steps"),
         "pretrain_wall_s": pretrain.get("wall_s"),
         "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
