@@ -11,7 +11,9 @@ Two experiments (``docs/results.md`` explains them to the reader):
 
 * ``exp1`` (Jia et al.): one smooth backbone pre-trained on the corpus with each objective of
   ``exp1.objectives`` for the same number of steps, then fine-tuned (``full``) with the scratch
-  baseline on ``exp1.tasks``.
+  baseline on ``exp1.tasks``. The denoising objectives noise every corpus frame (each frame its own
+  reference, ``exp1.denoise_equilibrium_only: false``): the corpus is off-equilibrium frames with
+  almost no relaxed one, and the comparison needs the same corpus for every objective.
 * ``exp2`` (Deng, Park & Sy): CGCNN pre-trained with the multi-property (``combined``) objective on
   ``exp2.properties`` of perov5 structures plus the corpus' energies per atom, against one model per
   single property trained on the same number of structures, and the attention-CGCNN pre-trained like
@@ -101,6 +103,7 @@ class Exp1Plan:
     backbone: BackbonePlan = field(default_factory=BackbonePlan)
     tasks: list[TaskPlan] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    denoise_equilibrium_only: bool = False  # True: noise only relaxed frames (denoise.equilibrium_only)
 
 
 @dataclass

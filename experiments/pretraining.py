@@ -41,6 +41,7 @@ class PretrainRun:
     backbone: BackbonePlan
     budget: PretrainBudget
     properties: tuple[str, ...] = ()
+    denoise_equilibrium_only: bool = False   # denoising objectives: noise relaxed frames only
 
     @property
     def label(self) -> str:
@@ -60,6 +61,8 @@ class PretrainRun:
                  f"run.storage_path={out / 'pretrain'}", f"run.name={self.label}"]
         if self.properties:
             items.append(f"data.properties={json.dumps(list(self.properties))}")
+        if self.objective.startswith("denoise"):
+            items.append(f"denoise.equilibrium_only={str(self.denoise_equilibrium_only).lower()}")
         return items
 
     def command(self, out: Path) -> str:

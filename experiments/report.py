@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from matforge.experiments.conclusions import (EXP1_CLAIMS, best_strategy_lines, exp2_claims, judge,
                                               ranking_lines)
-from matforge.experiments.tables import (CellKey, Stat, cell, fmt_number, fmt_stat, settings_of, size_order,
+from matforge.experiments.tables import (CellKey, Stat, cell, fmt_number, fmt_stat, settings_of,
                                          summarize)
 
 STRATEGY_TITLES = {"full": "full fine-tuning", "freeze:1": "emb. + 1 block frozen",

@@ -17,14 +17,16 @@ from pathlib import Path
 from matforge.experiments.corpus import Corpus
 from matforge.experiments.finetuning import FinetuneGrid, grid_done, run_grid
 from matforge.experiments.plan import CORPUS_ENERGY, PlanError, SciencePlan
-from matforge.experiments.pretraining import (PretrainRun, backbone_dir, export, export_done, pretrain,
+from matforge.experiments.pretraining import (PretrainRun, export, export_done, pretrain,
                                               pretrain_done)
 from matforge.experiments.stages import Stage, StageLog, run_stages
 
 
 def exp1_runs(plan: SciencePlan, corpus: Corpus) -> list[PretrainRun]:
     return [PretrainRun("exp1", objective, objective, str(corpus.path), corpus.train_split, corpus.val_split,
-                        plan.exp1.backbone, plan.pretrain) for objective in plan.exp1.objectives]
+                        plan.exp1.backbone, plan.pretrain,
+                        denoise_equilibrium_only=plan.exp1.denoise_equilibrium_only)
+            for objective in plan.exp1.objectives]
 
 
 def exp2_datasets(plan: SciencePlan, out: Path) -> dict[str, tuple[tuple[str, ...], bool]]:

@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from matforge.models.heads import Head
     from matforge.models.model import AtomisticModel
 
+MIN_RELAXED_SHARE = 0.01
+"""With ``equilibrium_only``, the least share of relaxed records in the fitting sample: below it most
+batches hold no noised atom, so the loss is zero on most steps and the run trains on almost nothing."""
+
 
 class _DenoiseObjective(Objective):
     """Shared by both denoising objectives: the noise transform, its fields, the weight."""
@@ -66,11 +70,19 @@ class _DenoiseObjective(Objective):
         return {**super().spec(), "noise_std": self.noise_std, "equilibrium_only": self.equilibrium_only}
 
     def _fit(self, sample: Any, dataset: Any) -> dict[str, Any]:
-        if self.equilibrium_only and sample.num_equilibrium == 0:
-            where = describe_dataset(dataset)
+        if not self.equilibrium_only:
+            return {}
+        advice = ("set denoise.equilibrium_only=false (equilibrium_only=False) to noise every structure, each "
+                  "frame its own reference, or train on a dataset of relaxed structures")
+        if sample.num_equilibrium == 0:
             raise ValueError(f"objective {self.name!r} noises relaxed structures only, and none of the "
-                             f"{sample.num_records} records sampled from {where} is flagged relaxed "
-                             "(use equilibrium_only=False to noise every structure)")
+                             f"{sample.num_records} records sampled from {describe_dataset(dataset)} is flagged "
+                             f"relaxed: {advice}")
+        if sample.num_equilibrium < MIN_RELAXED_SHARE * sample.num_records:
+            raise ValueError(f"objective {self.name!r} noises relaxed structures only, and only "
+                             f"{sample.num_equilibrium} of the {sample.num_records} records sampled from "
+                             f"{describe_dataset(dataset)} are flagged relaxed (under {MIN_RELAXED_SHARE:.0%}): most "
+                             f"batches would have nothing to learn from; {advice}")
         return {}
 
     def _noise(self, batch: Any, num_atoms: int) -> tuple[Tensor, Tensor]:

@@ -201,6 +201,12 @@ def test_mini_preset_end_to_end(tmp_path):
     for label in ("exp1-energy", "exp1-energy_forces", "exp1-efs", "exp1-denoise_derivative", "exp1-denoise_head",
                   "exp2-combined", "exp2-attention", "exp2-single-heat_ref"):
         assert (out / "backbones" / label / "card.json").is_file(), label
+    commands = json.loads((out / "commands.json").read_text())
+    for label in ("exp1-denoise_derivative", "exp1-denoise_head"):   # every frame noised, and validated
+        assert "denoise.equilibrium_only=false" in commands[label]
+        metrics = json.loads((out / "pretrain" / f"{label}.json").read_text())["metrics"]
+        assert math.isfinite(metrics["val/denoise_mae"]) and metrics["val/denoise_mae"] > 0
+    assert "equilibrium_only" not in commands["exp1-efs"]
     rows = read_science_csv(out / "results.csv")
     assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     exp1 = {r["model"] for r in rows if r["experiment"] == "exp1"}

@@ -186,6 +186,12 @@ def test_fits_refuse_data_without_the_labels_they_need():
     objective = build_objective("denoise_derivative")
     with pytest.raises(ValueError, match="none of the 2 records sampled from a list of 2 records is flagged relaxed"):
         objective.fit(off_equilibrium, new_model(objective))
+    one_relaxed = [random_record(rng, k, None, ELEMENTS, forces=False) for k in range(150)]
+    for k, record in enumerate(one_relaxed):
+        record.equilibrium = k == 0
+    with pytest.raises(ValueError, match="only 1 of the 150 records sampled .* are flagged relaxed .* "
+                                         "denoise.equilibrium_only=false"):
+        objective.fit(one_relaxed, new_model(objective))
     fitted = build_objective("denoise_derivative", equilibrium_only=False).fit(off_equilibrium, new_model(objective))
     assert fitted["element_refs"] == {} and fitted["energy_scale"] == 1.0 and fitted["energy_shift"] == 0.0
     with pytest.raises(ValueError, match="empty dataset"):
