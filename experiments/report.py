@@ -207,6 +207,20 @@ def write_figures(rows: Sequence[dict], figures_dir: Path, experiment: str, unit
     return written
 
 
+def grids_progress(out: Path, plan: dict) -> tuple[int, int]:
+    """(fine-tuning grids complete, grids planned): one grid per experiment × task × seed."""
+    from matforge.experiments.finetuning import COMPLETE
+
+    planned = 0
+    for experiment in ("exp1", "exp2"):
+        settings = plan.get(experiment) or {}
+        if experiment == "exp2" and not settings.get("enabled", True):
+            continue
+        planned += len(settings.get("tasks") or []) * len(settings.get("seeds") or [])
+    done = len(list((out / "finetune").glob(f"*/*/seed*/{COMPLETE}")))
+    return done, planned
+
+
 def results_markdown(out: Path, rows: Sequence[dict], figures: dict[str, str]) -> str:
     """The whole page (see the module docstring)."""
     record = _read_json(out / "plan.json") or {}
@@ -219,6 +233,11 @@ def results_markdown(out: Path, rows: Sequence[dict], figures: dict[str, str]) -
     lines = ["# Results: the seeds' experiments on this machine", "",
              "Written by `matforge bench science` from `results.csv`; do not edit by hand. "
              f"Preset `{plan.get('preset', '?')}`.", ""]
+    done, planned = grids_progress(out, plan)
+    if done < planned:
+        lines += [f"**Incomplete: {done} of {planned} fine-tuning grids (task × seed) have finished.** The tables "
+                  "and judgements below cover only the cells done so far; a setting with fewer seeds than "
+                  "planned has a smaller (or no) spread. Re-run the same command to continue.", ""]
     lines += conclusions_section(stats, plan.get("exp2", {}).get("singles", []))
     lines += exp1_section(stats, plan.get("exp1", {}).get("objectives", []), units, figures)
     lines += exp2_section(stats, units, plan.get("exp2", {}).get("strategies", ["full"]))

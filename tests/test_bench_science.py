@@ -175,6 +175,24 @@ def test_results_page_from_a_results_csv(tmp_path):
     assert "holds in 2 of 3 settings; is reversed in 1 (2d_workfunction n=300)" in text
     assert "| efs | **42.00 ± 2.0 (−19.2 %)** |" in text
     assert "first: **efs**" in text and "Leakage check: not run" in text
+    assert "Incomplete" not in text   # no plan.json: nothing planned to count
+
+
+def test_results_page_says_when_grids_are_missing(tmp_path):
+    from matforge.experiments.finetuning import COMPLETE
+    from matforge.experiments.report import grids_progress, results_markdown
+
+    from matforge.experiments.plan import plan_to_dict
+
+    plan = load_plan("mini")
+    record_settings(tmp_path, plan_to_dict(plan), None)
+    planned = len(plan.exp1.tasks) * len(plan.exp1.seeds) + len(plan.exp2.tasks) * len(plan.exp2.seeds)
+    grid = tmp_path / "finetune" / "exp1" / "task" / "seed0"
+    grid.mkdir(parents=True)
+    (grid / COMPLETE).write_text("{}")
+    assert grids_progress(tmp_path, json.loads((tmp_path / "plan.json").read_text())["plan"]) == (1, planned)
+    assert f"**Incomplete: 1 of {planned} fine-tuning grids (task × seed) have finished.**" in \
+        results_markdown(tmp_path, _hand_made(), {})
 
 
 # -- the miniature, end to end -----------------------------------------------------------------------
@@ -215,6 +233,7 @@ def test_mini_preset_end_to_end(tmp_path):
     assert ("combined", "freeze:3") in exp2 and ("scratch-attention", "full") in exp2
     assert all(math.isfinite(r["mae"]) for r in rows)
     page = (out / "results.md").read_text()
+    assert "Incomplete" not in page
     assert "## What reproduces and what does not" in page and "## Attention-CGCNN against CGCNN" in page
     released = _release_script().make(out, "exp1-efs", tmp_path / "released")   # the matforge-efs-small path
     card = json.loads((released / "card.json").read_text())["provenance"]
