@@ -42,11 +42,17 @@ def _models(stats: dict[CellKey, Stat], experiment: str, order: Sequence[str]) -
 
 
 def exp1_section(stats: dict[CellKey, Stat], objectives: Sequence[str], units: dict[str, str],
-                 figures: dict[str, str]) -> list[str]:
+                 figures: dict[str, str], denoise_equilibrium_only: bool | None = None) -> list[str]:
     """Experiment 1's tables: per task, rows = scratch + objectives, columns = training sizes."""
     lines = ["## Experiment 1: pre-training objectives (Jia et al.)", "",
              "Test MAE, mean ± std over seeds (each seed: mean over folds), full fine-tuning; (%) = change "
              "against scratch at the same training size (negative = lower error). Best per column in bold.", ""]
+    if denoise_equilibrium_only is not None and any(o.startswith("denoise") for o in objectives):
+        lines += ["Denoising noised " + ("the relaxed corpus frames only." if denoise_equilibrium_only else
+                  "every corpus frame, each taken as its own reference (`denoise.equilibrium_only=false`): the "
+                  "comparison needs one corpus for every objective, and this corpus of off-equilibrium frames "
+                  "has almost no relaxed one, so its denoising targets are not displacements from a minimum "
+                  "as in the papers' equilibrium-structure denoising."), ""]
     settings = settings_of(stats, "exp1")
     models = _models(stats, "exp1", ["scratch", *objectives])
     for task in dict.fromkeys(s[1] for s in settings):
@@ -141,8 +147,9 @@ def budget_section(plan: dict, timings: dict[str, dict], rows: Sequence[dict], s
                    commands: dict[str, str]) -> list[str]:
     ok = sum(1 for r in rows if r.get("status") == "ok")
     ft_wall = sum(float(r.get("wall_s") or 0.0) for r in rows)
-    lines = ["## Budget and commands", ""]
-    for s in sessions:
+    lines = ["## Budget and commands", "", "Sessions that ran stages (a session stopped from outside records nothing; "
+             "the per-run wall times below count every pre-training):", ""]
+    for s in (s for s in sessions if s.get("ran")):
         lines.append(f"- `{s.get('command')}` ({s.get('date', '')}, {s.get('machine', '')}): "
                      f"{_seconds(s.get('wall_s'))}, stages run: {s.get('ran', 0)}")
     lines += ["", f"Pre-training: {plan['pretrain']['steps']} steps per exp1 run, "
@@ -273,7 +280,8 @@ def results_markdown(out: Path, rows: Sequence[dict], figures: dict[str, str]) -
                   "and judgements below cover only the cells done so far; a setting with fewer seeds than "
                   "planned has a smaller (or no) spread. Re-run the same command to continue.", ""]
     lines += conclusions_section(stats, plan.get("exp2", {}).get("singles", []))
-    lines += exp1_section(stats, plan.get("exp1", {}).get("objectives", []), units, figures)
+    lines += exp1_section(stats, plan.get("exp1", {}).get("objectives", []), units, figures,
+                          plan.get("exp1", {}).get("denoise_equilibrium_only"))
     lines += exp2_section(stats, units, plan.get("exp2", {}).get("strategies", ["full"]))
     if settings_of(stats, "exp2"):
         lines += attention_section(stats, timings)

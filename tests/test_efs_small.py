@@ -36,6 +36,10 @@ def test_listed_with_its_card(capsys: pytest.CaptureFixture) -> None:
     assert provenance["corpus"]["commands"][0].startswith("matforge data synth --calculator chgnet")
     assert {"val/forces_mae", "val/stress_mae", "val/energy_per_atom_mae"} <= set(provenance["validation"])
     assert provenance["good_for"] and provenance["not_for"]
+    downstream = provenance["downstream"]   # the science run's table: every task, against scratch
+    assert {r["task"] for r in downstream} == {"matbench_jdft2d", "2d_workfunction", "perov5_heat_all"}
+    assert all(r["seeds"] == 3 and np.isfinite([r["mae"], r["scratch_mae"], r["change_percent"]]).all()
+               for r in downstream)
     assert (released_path(NAME) / "model.safetensors").stat().st_size < 2_000_000   # a few hundred kB
 
 
