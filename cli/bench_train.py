@@ -291,6 +291,13 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("CUDA peak MB of one EFS step: " + ", ".join(f"{n} {v:.0f}" for n, v in peaks.items()))
     lines.append("efs graph MB: memory the autograd graph of one EFS step holds when its backward starts (the "
                  "first batch; the step's peak beyond weights and optimiser state), kB/atom: the same per atom")
+    cpu = {n: e for n, e in report["efs"].items() if "kernel_s_per_step" in e["efs"]}
+    if cpu and report["device"] == "cpu":
+        lines.append("CPU time per step (best round), user + kernel (OS) s, and memory first touched (page faults):")
+        for name, e in cpu.items():
+            lines.append("  " + name + ": " + "; ".join(
+                f"{step} {e[step]['user_s_per_step']:.2f} + {e[step]['kernel_s_per_step']:.2f} s, "
+                f"{e[step]['faulted_mb_per_step'] / 1024:.1f} GB" for step in ("energy", "efs")))
     if any(e["placeholder_labels"] for e in report["efs"].values()):
         lines.append("(the dataset lacks energy/forces/stress labels: fixed random labels were used)")
     return "\n".join(lines)

@@ -37,6 +37,10 @@ def test_json_keys_on_perov5_rows(perov5_dir, capsys):
         # the force graph keeps more than the energy graph; both hold at least the batch's node features
         assert entry["graph_mb"]["efs"] > entry["graph_mb"]["energy"] > 0
         assert entry["efs_graph_kb_per_atom"] == pytest.approx(1024 * entry["graph_mb"]["efs"] / 10)
+        for step in ("energy", "efs"):   # CPU time split by mode, memory first touched (getrusage; Linux here)
+            best = entry[step]
+            assert best["user_s_per_step"] >= 0 and best["kernel_s_per_step"] >= 0 and best["faulted_mb_per_step"] >= 0
+            assert best["user_s_per_step"] + best["kernel_s_per_step"] > 0
     assert report["threads"] >= 1 and report["max_atoms"] == 10
 
 
