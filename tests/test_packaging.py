@@ -44,7 +44,7 @@ def test_every_command_is_registered() -> None:
 
     top = _choices(build_parser())
     assert sorted(top) == sorted(["data", "pretrain", "export", "import-cgcnn", "predict", "finetune", "backbones", "cluster", "bench"])
-    assert sorted(_choices(top["data"])) == ["convert", "inspect", "leakage", "split", "synth"]
+    assert sorted(_choices(top["data"])) == ["convert", "inspect", "leakage", "merge", "split", "synth"]
     assert sorted(_choices(top["bench"])) == ["data", "finetune", "pretrain", "science", "train"]
     assert sorted(_choices(top["cluster"])) == ["list", "logs", "status", "stop", "submit", "template"]
 
