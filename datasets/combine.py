@@ -50,7 +50,7 @@ def _kept(datasets: Sequence, drop: Sequence[set[int]]) -> Iterator[Record]:
                 yield ds[g]
 
 
-def open_corpora(corpora: Sequence[str | Path], out: Path, overwrite: bool) -> list:
+def _open_corpora(corpora: Sequence[str | Path], out: Path, overwrite: bool) -> list:
     """The datasets of ``corpora``; refuses a corpus given twice, ``out`` being one of them, or a
     non-empty ``out`` without ``overwrite`` (:class:`DatasetError`)."""
     from matforge.datasets.shard_dataset import open_dataset
@@ -77,11 +77,11 @@ def write_combined(corpora: Sequence[str | Path], out: str | Path, drop: Mapping
     ``filter_note`` says in each source entry why records were dropped; ``extra_files(folder,
     datasets, dropped)`` may write more files into the new dataset before it is published. Raises
     :class:`DatasetError` for a drop list naming another corpus or an index out of range, and as
-    :func:`open_corpora` does."""
+    :func:`_open_corpora` does."""
     from matforge.datasets.convert import convert
 
     out = Path(out)
-    datasets = open_corpora(corpora, out, overwrite)
+    datasets = _open_corpora(corpora, out, overwrite)
     drop = dict(drop or {})
     keys = [str(ds.directory) for ds in datasets]
     unknown = sorted(set(drop) - set(keys))

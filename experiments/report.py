@@ -165,37 +165,27 @@ def budget_section(plan: dict, timings: dict[str, dict], rows: Sequence[dict], s
     return lines + [""]
 
 
-def _corpus_manifest(path: str | None):
-    """The corpus' manifest when it is still where the run found it, else None."""
+def _provenance_lines(corpus: dict) -> tuple[str, list[str]]:
+    """From the corpus' manifest (when it is still where the run found it): the labelling model as a
+    suffix of the labels line, and one line per command that made the corpus (generation, then each
+    copy, with what a copy dropped)."""
+    from matforge.datasets.combine import history, model_labels
     from matforge.datasets.errors import DatasetError
     from matforge.datasets.manifest import Manifest
 
     try:
-        return Manifest.read(path) if path else None
+        manifest = Manifest.read(corpus["path"]) if corpus.get("path") else None
     except (DatasetError, OSError):
-        return None
-
-
-def _labelled_by(path: str | None) -> str:
-    """``; from the CHGNet 0.3.0 ... (not DFT)`` when the manifests say a model made the labels."""
-    from matforge.datasets.combine import model_labels
-
-    manifest = _corpus_manifest(path)
-    found = model_labels(manifest.sources) if manifest is not None else []
-    return "".join(f"; computed by {m.get('model', '?')} {m.get('weights_version', '')} ({m.get('kind', 'a model')}, "
-                   f"{m.get('licence', 'licence not given')})" for m in found)
-
-
-def _made_by(corpus: dict) -> list[str]:
-    """One line per command that made the corpus (generation, then each copy), with what a copy dropped."""
-    from matforge.datasets.combine import history
-
-    manifest = _corpus_manifest(corpus.get("path"))
+        manifest = None
     if manifest is None:
-        return [f"- made by `{corpus.get('command') or '?'}` ({corpus.get('created') or '?'})"]
-    return [f"- {'made by' if k == 0 else 'then'} `{step['command'] or '?'}`"
-            + (f": {step['records_dropped']} records dropped ({step['filter']})" if step["records_dropped"] else "")
-            for k, step in enumerate(history(manifest))]
+        return "", [f"- made by `{corpus.get('command') or '?'}` ({corpus.get('created') or '?'})"]
+    labelled_by = "".join(f"; computed by {m.get('model', '?')} {m.get('weights_version', '')} "
+                          f"({m.get('kind', 'a model')}, {m.get('licence', 'licence not given')})"
+                          for m in model_labels(manifest.sources))
+    made_by = [f"- {'made by' if k == 0 else 'then'} `{step['command'] or '?'}`"
+               + (f": {step['records_dropped']} records dropped ({step['filter']})" if step["records_dropped"] else "")
+               for k, step in enumerate(history(manifest))]
+    return labelled_by, made_by
 
 
 def corpus_section(corpus: dict | None, leakage: dict | None) -> list[str]:
@@ -204,10 +194,11 @@ def corpus_section(corpus: dict | None, leakage: dict | None) -> list[str]:
         corpus = {}
         lines += ["Not resolved yet.", ""]
     labels = ", ".join(sorted(corpus.get("labels") or {})) or "—"
+    labelled_by, made_by = _provenance_lines(corpus) if corpus else ("", [])
     lines += [] if not corpus else [f"- `{corpus.get('path')}`: {corpus.get('records')} structures, {corpus.get('atoms')} atoms, "
               f"{len(corpus.get('elements') or [])} elements ({', '.join(corpus.get('elements') or [])})",
-              f"- labels: {labels}{_labelled_by(corpus.get('path'))}",
-              *_made_by(corpus),
+              f"- labels: {labels}{labelled_by}",
+              *made_by,
               f"- splits: {', '.join(corpus.get('splits') or []) or 'none (all records train, no validation)'}; "
               f"manifest sha256 {corpus.get('manifest_sha256', '')[:16]}…", ""]
     if leakage and leakage.get("overlap") is not None:
