@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from matforge.models.base import Backbone, GraphInputs, edge_vectors
+from matforge.models.gradient_scope import skipping
 from matforge.models.heads import Head, sum_per_graph
 
 NUM_ELEMENT_SLOTS = 101  # index = atomic number Z (0 unused), Z <= 100
@@ -146,8 +147,9 @@ class AtomisticModel(nn.Module):
             wrt.append(strain_leaf)
         total = results["energy"].sum()
         if total.requires_grad:
-            grads = torch.autograd.grad(total, wrt, create_graph=create_graph, allow_unused=True,
-                                        materialize_grads=True)
+            with skipping("weights"):   # this pass reads position and strain gradients only
+                grads = torch.autograd.grad(total, wrt, create_graph=create_graph, allow_unused=True,
+                                            materialize_grads=True)
         else:  # nothing in the energy depends on parameters or geometry (e.g. only isolated atoms)
             grads = tuple(torch.zeros_like(t) for t in wrt)
         k = 0

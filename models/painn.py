@@ -59,20 +59,20 @@ have many images per pair (perov5 with r_c = 5 Å: ~39 edges but ~5 pairs per at
 ``T_p`` are formed once and shared by all interactions.
 
 The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product for the filter ``T_p W_vsᵀ``
-and per-pair kernels over (P, 3, F); summed per edge it costs an (E × (K+1)) · ((K+1) × F) product,
-and the outer product with ``r̂_e`` is folded into a fused kernel (:mod:`matforge.models.edge_direction`)
-that stores nothing of size (E, 3, F) but works over E × 3 × F. The per-pair form is used when pairs
-have at least :data:`PAIR_DIRECTION_MIN_EDGES` edges on average, the crossover of the force-training step
-measured with the fused kernels;
-otherwise the direction term is summed per edge while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs
-where no two edges share a pair (P = E) run the per-edge form.
+and work over P × 3 × F; summed per edge it costs an (E × (K+1)) · ((K+1) × F) product and work over
+E × 3 × F with ``r̂_e`` as one more factor of the form below. The per-pair form is used when pairs have at
+least :data:`PAIR_DIRECTION_MIN_EDGES` edges on average; otherwise the direction term is summed per edge
+while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs where no two edges share a pair (P = E) run the
+per-edge form.
 
-Fused pair operations: each sum over pairs above is ``Σ_{p: i_p = i} X_p ⊙ b_{j_p}`` with ``X`` per pair
-(``R_p W_sᵀ``, ``T_p W_vsᵀ``, ``R_p W_vvᵀ``) and ``b`` per atom (``φ^s_m``, ``φ^vs_m``, and ``φ^vv_m ⊙ v``, a
-product of two rows of the same atom ``j``, formed per atom); it runs as
-:func:`matforge.models.pair_products.pair_scatter`, whose derivatives of every order are the same
-fused gather–multiply–scatter and pair-product loops, so force and stress training never builds
-autograd's graph of per-pair gathers and products.
+Pair messages without per-pair tensors: each sum above is ``Σ_{p: i_p = i} (R_p Wᵀ) ⊙ [r̂_p ⊗] b_{j_p}``
+with ``R`` per pair (``R_p``, ``T_p`` or ``R_e``), ``W`` one block of the filter and ``b`` per atom
+(``φ^s_m``, ``φ^vs_m``, and ``φ^vv_m ⊙ v``, a product of two rows of the same atom ``j``, formed per atom).
+It runs as :func:`matforge.models.pair_forms.pair_message`: the gradient of a multilinear form in
+(R, W, r̂, b, upstream), whose derivatives of every order are gradients of the same form, computed in
+blocks of pairs by fused kernels. The filter ``R_p Wᵀ`` is formed block by block and never stored, so
+force and stress training holds and writes nothing of size (P, F) or (P, 3, F); the backward passes of
+training skip the gradients nobody reads (:mod:`matforge.models.gradient_scope`).
 
 Output: ``BackboneOutput(node=s (N, F), vector=v (N, 3, F))``.
 """
@@ -85,8 +85,7 @@ import torch
 from torch import Tensor, nn
 
 from matforge.models.base import Backbone, BackboneOutput, GraphInputs
-from matforge.models.edge_direction import edge_direction_scatter
-from matforge.models.pair_products import pair_scatter
+from matforge.models.pair_forms import pair_message
 from matforge.models.radial import BesselBasis
 from matforge.models.radial import envelope as make_envelope
 
@@ -155,16 +154,15 @@ class PaiNNMessage(nn.Module):
         atoms = s.shape[0]
         phi = torch.split(self.phi(s), self.dim, dim=-1)
         weight = torch.split(self.filter.weight, self.dim, dim=0)
-        linear = nn.functional.linear
-        ds = pair_scatter(linear(g.pair_radial, weight[0]), phi[0], i, j, atoms, vector=False)
-        if g.pair_directional is not None:
-            direction_filter = torch.matmul(g.pair_directional, weight[1].t())               # (P, 3, F)
-            dv = pair_scatter(direction_filter, phi[1], i, j, atoms, vector=True)
-        else:   # Σ_e r̂_e ⊗ ((R_e W_vsᵀ) ⊙ φ^vs_j), fused (models/edge_direction.py)
-            dv = edge_direction_scatter(linear(g.edge_radial, weight[1]), g.direction, phi[1], g.edge_index[1],
-                                        g.edge_index[0], atoms)
+        ds = pair_message(g.pair_radial, weight[0], phi[0], i, j, atoms, geometric=True)
+        if g.pair_directional is not None:   # Σ_p (T_p W_vsᵀ) ⊙ φ^vs_j
+            dv = pair_message(g.pair_directional, weight[1], phi[1], i, j, atoms, geometric=True)
+        else:   # Σ_e r̂_e ⊗ ((R_e W_vsᵀ) ⊙ φ^vs_j)
+            dv = pair_message(g.edge_radial, weight[1], phi[1], g.edge_index[1], g.edge_index[0], atoms,
+                              direction=g.direction, geometric=True)
         if not self.first:   # x^vv ⊙ v_j = (R_p W_vvᵀ) ⊙ (φ^vv ⊙ v)_j: the product of two atom rows made per atom
-            dv = dv + pair_scatter(linear(g.pair_radial, weight[2]), phi[2].unsqueeze(1) * v, i, j, atoms, vector=True)
+            dv = dv + pair_message(g.pair_radial, weight[2], phi[2].unsqueeze(1) * v, i, j, atoms,
+                                   geometric=True)
         return s + ds, v + dv
 
 
