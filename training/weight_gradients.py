@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from matforge.models.gradient_scope import skipping
+
 
 def trainable_weights(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of ``model`` that require gradients, in ``model.parameters()`` order."""
@@ -29,4 +31,5 @@ def backward_to_weights(loss: Tensor, weights: Sequence[Tensor]) -> None:
     """``loss.backward()`` into ``weights`` only (module docstring); ``weights`` must not be empty."""
     if not weights:
         raise ValueError("no trainable weights to differentiate the loss for")
-    torch.autograd.backward(loss, inputs=list(weights))
+    with skipping("geometry"):   # no gradient of positions, strain or what is made of them alone is read
+        torch.autograd.backward(loss, inputs=list(weights))
