@@ -12,8 +12,11 @@ registered table at once:
 ``auto``      (default, or ``$MATFORGE_KERNELS``) compiled, falling back to eager for every table, with
               one warning, where compiling fails.
 
-Compiling happens on a stage's first call, once per process, dtype and tensor rank (tens of seconds on
-a small CPU; PyTorch caches the result on disk). Kernels compute values only, inside an autograd
+Compiling happens on a stage's first call with each *variant* of its arguments (which are None, the
+dtypes and ranks of the tensors, the values of the flags), once per process (seconds on a small CPU;
+PyTorch caches the result on disk). Each variant compiles a fresh copy of the stage's code object, so
+that torch.compile's per-function limit on recompilations, which counts the variants of one code object
+together, never sends a stage with many variants back to eager mode; sizes are dynamic within a variant. Kernels compute values only, inside an autograd
 ``Function`` whose derivatives are written out, so they are called with detached tensors.
 """
 
@@ -71,24 +74,40 @@ def _fall_back_to_eager() -> None:
         table.update(eager)
 
 
+def _variant(args: tuple) -> tuple:
+    """What tells the compiled variants of a stage apart (module docstring)."""
+    return tuple((a.dtype, a.dim(), a.device.type) if isinstance(a, Tensor) else a for a in args)
+
+
+def _fresh_copy(kernel: Kernel) -> Kernel:
+    """The same function with its own code object (torch.compile keeps its cache on the code object)."""
+    import types
+
+    code = kernel.__code__.replace()
+    return types.FunctionType(code, kernel.__globals__, kernel.__name__, kernel.__defaults__, kernel.__closure__)
+
+
 class _Compiled:
-    """A stage run through ``torch.compile`` from its first call; where that fails (``strict=False``),
-    every registered stage runs eagerly from then on, after one warning."""
+    """A stage run through ``torch.compile`` from its first call, one compiled copy per variant of its
+    arguments; where compiling fails (``strict=False``), every registered stage runs eagerly from then
+    on, after one warning."""
 
     def __init__(self, kernel: Kernel, strict: bool) -> None:
         self.kernel, self.strict = kernel, strict
-        self.compiled: Kernel | None = None
+        self.variants: dict[tuple, Kernel] = {}
 
-    def __call__(self, *args: Tensor | int | bool):
-        if self.compiled is None:
-            import torch
-
-            self.compiled = torch.compile(self.kernel, dynamic=True, fullgraph=True)
+    def __call__(self, *args: Tensor | int | bool | None):
         # the kernels compute values only (autograd sees the Function around them): detached inputs keep
         # requires_grad out of the compiled function's guards, so training and no-grad calls share a compile
         args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        key = _variant(args)
+        compiled = self.variants.get(key)
+        if compiled is None:
+            import torch
+
+            compiled = self.variants[key] = torch.compile(_fresh_copy(self.kernel), dynamic=True, fullgraph=True)
         try:
-            return self.compiled(*args)
+            return compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager stage computes the same
             if self.strict:
                 raise

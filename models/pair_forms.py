@@ -173,6 +173,81 @@ MANY_KERNELS = {fn.__name__[1:]: fn for fn in (_many_scalar, _many_rows, _many_p
 _MANY = kernel_table(MANY_KERNELS)
 
 
+# --- a backward pass without create_graph: Σ over the node's outputs s of ∂L/∂t with H_s in slot s ----------
+# _sum_<case>(R, W, d, b, G, H_R, H_d, H_b, H_G, o, k, want): every term has exactly one slot replaced by its
+# upstream gradient; one pass forms X = R Wᵀ and H_R Wᵀ once and gathers each atom row once. Returns the
+# block's terms of ∂L/∂G and ∂L/∂b, ⟨·⟩_X for R and W (terms with base R), ⟨d b G⟩_X (the W term of H_R)
+# and ∂L/∂d, each None unless asked for in ``want`` (target, source, x, hx, direction).
+
+def _lifted(t: Tensor | None, rank: int) -> Tensor | None:
+    """(B, F) -> (B, 1, F), so that every factor broadcasts to (B, 3, F)."""
+    return None if t is None else (t.unsqueeze(1) if rank == 2 else t)
+
+
+def _fitted(t: Tensor | None, rank: int) -> Tensor | None:
+    """A (B, 3 or 1, F) product reduced to a slot of this rank (summed over c for rank 2)."""
+    return None if t is None else (t.sum(dim=1) if rank == 2 else t)
+
+
+def _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, ranks, has_d):
+    x_rank, b_rank, g_rank = ranks
+    gather = lambda t, index: None if t is None else t.index_select(0, index)   # noqa: E731
+    column = lambda t: None if t is None else t.unsqueeze(-1)                   # noqa: E731 - d (B, 3) -> (B, 3, 1)
+    factors = {"radial": (_lifted(None if r is None else _filter(r, w), x_rank),
+                          _lifted(None if hr is None else _filter(hr, w), x_rank)),
+               "source": (_lifted(gather(b, k), b_rank), _lifted(gather(hb, k), b_rank)),
+               "target": (_lifted(gather(g, o), g_rank), _lifted(gather(hg, o), g_rank))}
+    if has_d:
+        factors["direction"] = (column(d), column(hd))
+
+    def product(skip: str, replaced: str | None) -> Tensor:
+        out = None
+        for slot, (base, sub) in factors.items():
+            if slot != skip:
+                factor = sub if slot == replaced else base
+                out = factor if out is None else out * factor
+        return out
+
+    def summed(skip: str) -> Tensor | None:
+        total = None
+        for slot, (_, sub) in factors.items():
+            if slot != skip and sub is not None:
+                term = product(skip, slot)
+                total = term if total is None else total + term
+        return total
+
+    want_g, want_b, want_x, want_hx, want_d = want
+    return (_fitted(summed("target"), g_rank) if want_g else None,
+            _fitted(summed("source"), b_rank) if want_b else None,
+            _fitted(summed("radial"), x_rank) if want_x else None,
+            _fitted(product("radial", None), x_rank) if want_hx else None,
+            _reduced_over_channels(summed("direction")) if want_d else None)
+
+
+def _reduced_over_channels(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.sum(dim=-1)
+
+
+def _sum_scalar(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
+    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 2, 2), False)
+
+
+def _sum_rows(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
+    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 3, 3), False)
+
+
+def _sum_pair_direction(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
+    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (3, 2, 3), False)
+
+
+def _sum_edge_direction(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
+    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 2, 3), True)
+
+
+SUM_KERNELS = {fn.__name__[1:]: fn for fn in (_sum_scalar, _sum_rows, _sum_pair_direction, _sum_edge_direction)}
+_SUM = kernel_table(SUM_KERNELS)
+
+
 def _blocks(count: int, size: int):
     return ((start, min(start + size, count)) for start in range(0, count, size))
 
@@ -267,6 +342,41 @@ def evaluate_many(slots, case: str, inputs: dict[str, Tensor], out_index: Tensor
     return results.results()
 
 
+def evaluate_substituted(slots, case: str, inputs: dict[str, Tensor], upstream: dict[str, Tensor],
+                         out_index: Tensor, read_index: Tensor, rows: int, atoms: int,
+                         kernels: dict | None = None) -> dict[str, Tensor]:
+    """For every slot ``t`` in ``slots``: ``Σ_{s ≠ t} ∂L/∂t`` with ``upstream[s]`` put in slot ``s`` and
+    ``inputs`` in the others, in one pass over the pairs (values only). This is the derivative of a node
+    that computed ``∂L/∂s`` for each ``s`` of ``upstream`` (:class:`_SlotGradients`). The weight slot
+    cannot be among the replaced ones."""
+    if "weight" in upstream:
+        raise ValueError("evaluate_substituted: the weight slot cannot be replaced")
+    table = kernels if kernels is not None else _SUM
+    r, w, d, b, g = (inputs.get(name) for name in SLOTS)
+    hr, hd, hb, hg = (upstream.get(name) for name in ("radial", "direction", "source", "target"))
+    pairs = out_index.shape[0]
+    results = _Results(slots, case, {**inputs, **upstream}, pairs, rows, atoms)
+    want_weight = "weight" in slots
+    want = ("target" in slots, "source" in slots, "radial" in slots or (want_weight and r is not None),
+            want_weight and hr is not None, "direction" in slots)
+    block = lambda t, s, e: None if t is None else t[s:e]   # noqa: E731 - the per-pair slots of a block
+    for s, e in _blocks(pairs, _block_step({**inputs, **upstream})):
+        t_g, t_b, x_terms, hx_terms, t_d = table["sum_" + case](
+            block(r, s, e), w, block(d, s, e), b, g, block(hr, s, e), block(hd, s, e), hb, hg,
+            out_index[s:e], read_index[s:e], want)
+        named = {"target": t_g, "source": t_b, "radial": x_terms, "direction": t_d}
+        for slot in slots:
+            if slot == "weight":
+                out = results.out["weight"]
+                if x_terms is not None and r is not None:
+                    out.addmm_(r[s:e].reshape(-1, r.shape[-1]).t(), x_terms.reshape(-1, out.shape[1]))
+                if hx_terms is not None:
+                    out.addmm_(hr[s:e].reshape(-1, hr.shape[-1]).t(), hx_terms.reshape(-1, out.shape[1]))
+            elif named[slot] is not None:
+                results.add(slot, named[slot], s, e, out_index, read_index)
+    return results.results()
+
+
 class _SlotGradients(torch.autograd.Function):
     """``∂L/∂s`` for each slot ``s`` of ``slots`` as one graph node: its derivative with respect to slot
     ``t``, given upstream gradients ``H_s``, is ``Σ_{s ≠ t} ∂L/∂t`` with ``H_s`` put in slot ``s`` (module
@@ -291,6 +401,13 @@ class _SlotGradients(torch.autograd.Function):
         asked = [name for position, name in enumerate(SLOTS)
                  if name in inputs and ctx.needs_input_grad[7 + position] and _read(name, ctx.geometric)]
         grads: dict[str, Tensor] = {}
+        given = {slot: up.contiguous() for slot, up in zip(ctx.slots, upstreams) if up is not None}
+        if not torch.is_grad_enabled() and "weight" not in given:   # values only: one pass for everything
+            reached = [name for name in asked if any(slot != name for slot in given)]
+            if not reached:
+                return (None,) * 12
+            grads = evaluate_substituted(reached, ctx.case, inputs, given, out_index, read_index, ctx.rows, ctx.atoms)
+            return (None,) * 7 + tuple(grads.get(name) for name in SLOTS)
         for slot, upstream in zip(ctx.slots, upstreams):
             wanted_here = [name for name in asked if name != slot]
             if upstream is None or not wanted_here:

@@ -76,6 +76,60 @@ def test_several_slots_in_one_pass_equal_one_at_a_time(kernels, small_blocks, ca
         assert torch.allclose(together[name], grad, atol=1e-12), name
 
 
+@pytest.mark.parametrize("case", list(pf.CASES))
+def test_sum_over_replaced_slots_in_one_pass_equals_one_slot_at_a_time(kernels, small_blocks, case):
+    """The backward of a node with several outputs: Σ_{s ≠ t} ∂L/∂t with H_s in slot s, for every t."""
+    radial, weight, source, direction, o, k = _form(case, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    target = torch.randn((ROWS, WIDTH) if case == "scalar" else (ROWS, 3, WIDTH), generator=gen, dtype=torch.float64)
+    base = {"radial": radial.detach(), "weight": weight.detach(), "source": source.detach(), "target": target}
+    if direction is not None:
+        base["direction"] = direction.detach()
+    replaced = {name: torch.randn(t.shape, generator=gen, dtype=torch.float64)
+                for name, t in base.items() if name != "weight"}
+    slots = list(base)
+    got = pf.evaluate_substituted(slots, case, base, replaced, o, k, ROWS, ATOMS)
+    for t in slots:
+        want = torch.zeros_like(base[t])
+        for s, h in replaced.items():
+            if s != t:
+                inputs = {n: (h if n == s else v) for n, v in base.items() if n != t}
+                want += pf.evaluate(t, case, inputs, o, k, ROWS, ATOMS)
+        assert torch.allclose(got[t], want, atol=1e-12), t
+    # a single replaced slot (the backward of a node with one output) and a base without that slot
+    single = pf.evaluate_substituted(["weight", "source"], case, {n: v for n, v in base.items() if n != "target"},
+                                     {"target": replaced["target"]}, o, k, ROWS, ATOMS)
+    inputs = {n: v for n, v in base.items() if n != "target"} | {"target": replaced["target"]}
+    for t in ("weight", "source"):
+        alone = pf.evaluate(t, case, {n: v for n, v in inputs.items() if n != t}, o, k, ROWS, ATOMS)
+        assert torch.allclose(single[t], alone, atol=1e-12), t
+
+
+def test_compiled_kernels_compile_each_variant_of_their_arguments_apart():
+    """A kernel called with more argument variants than torch.compile's per-function recompile limit (8)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    kernel_mode.set_kernel_mode("compiled")
+    try:
+        kernel = pf._SUM["sum_scalar"]
+        radial, weight, source, _, o, k = _form("scalar", seed=13)
+        r, w, b = radial.detach(), weight.detach(), source.detach()
+        g = torch.randn(ROWS, WIDTH, dtype=torch.float64)
+        calls = 0
+        for replaced in range(1, 8):   # which of H_R, H_b, H_G are given
+            hr, hb, hg = (t if replaced >> bit & 1 else None for bit, t in enumerate((r, b, g)))
+            for want in ((True, True, False, False, False), (False, True, True, hr is not None, False)):
+                eager = pf.SUM_KERNELS["sum_scalar"](r, w, None, b, g, hr, None, hb, hg, o, k, want)
+                compiled = kernel(r, w, None, b, g, hr, None, hb, hg, o, k, want)
+                calls += 1
+                for x, y in zip(eager, compiled):
+                    assert (x is None) == (y is None) and (x is None or torch.allclose(x, y, atol=1e-12))
+        assert calls == 14 and len(kernel.variants) == 14
+    finally:
+        kernel_mode.set_kernel_mode("eager")
+
+
 def test_third_derivative_matches_autograd(small_blocks):
     """Slot gradients differentiate into slot gradients, so a third derivative is as exact as the first."""
     kernel_mode.set_kernel_mode("eager")
