@@ -60,9 +60,11 @@ have many images per pair (perov5 with r_c = 5 Å: ~39 edges but ~5 pairs per at
 
 The direction term per pair costs a (3P × (K+1)) · ((K+1) × F) product for the filter ``T_p W_vsᵀ``
 and work over P × 3 × F; summed per edge it costs an (E × (K+1)) · ((K+1) × F) product and work over
-E × 3 × F with ``r̂_e`` as one more factor of the form below. The per-pair form is used when pairs have at
-least :data:`PAIR_DIRECTION_MIN_EDGES` edges on average; otherwise the direction term is summed per edge
-while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs where no two edges share a pair (P = E) run the
+E × 3 × F with ``r̂_e`` as one more factor of the form below, so the per-pair form does less work only when
+pairs have more than about three edges. It is used when pairs have at least :data:`PAIR_DIRECTION_MIN_EDGES`
+edges on average, the crossover of the force-training step measured by
+``benchmarks/painn_direction_crossover.py`` (per edge faster at 1.7 edges per pair, per pair at 3.3 and
+above); otherwise the direction term is summed per edge while ``x^s`` and ``x^vv`` still use ``R_p``. Graphs where no two edges share a pair (P = E) run the
 per-edge form.
 
 Pair messages without per-pair tensors: each sum above is ``Σ_{p: i_p = i} (R_p Wᵀ) ⊙ [r̂_p ⊗] b_{j_p}``
@@ -89,7 +91,7 @@ from matforge.models.pair_forms import pair_message
 from matforge.models.radial import BesselBasis
 from matforge.models.radial import envelope as make_envelope
 
-PAIR_DIRECTION_MIN_EDGES = 1.5  # edges per pair from which the direction term is summed per pair
+PAIR_DIRECTION_MIN_EDGES = 3.0  # edges per pair from which the direction term is summed per pair
 
 
 def scalar_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

@@ -38,6 +38,18 @@ def _form(case: str, seed: int = 0, pairs: int = PAIRS):
     return radial, weight, source, direction, out_index, read_index
 
 
+def _all_slots(case: str, seed: int) -> tuple[dict[str, torch.Tensor], tuple, torch.Generator]:
+    """Every slot of ``case`` filled (detached; G random), the random form it came from, and a generator."""
+    form = _form(case, seed=seed)
+    radial, weight, source, direction, _, _ = form
+    gen = torch.Generator().manual_seed(seed + 100)
+    target = torch.randn((ROWS, WIDTH) if case == "scalar" else (ROWS, 3, WIDTH), generator=gen, dtype=torch.float64)
+    slots = {"radial": radial.detach(), "weight": weight.detach(), "source": source.detach(), "target": target}
+    if direction is not None:
+        slots["direction"] = direction.detach()
+    return slots, form, gen
+
+
 @pytest.mark.parametrize("case", list(pf.CASES))
 def test_message_value_and_two_derivatives_match_autograd(kernels, small_blocks, case):
     radial, weight, source, direction, o, k = _form(case, seed=len(case))
@@ -56,12 +68,8 @@ def test_message_value_and_two_derivatives_match_autograd(kernels, small_blocks,
 
 @pytest.mark.parametrize("case", list(pf.CASES))
 def test_several_slots_in_one_pass_equal_one_at_a_time(kernels, small_blocks, case):
-    radial, weight, source, direction, o, k = _form(case, seed=3)
-    gen = torch.Generator().manual_seed(9)
-    target = torch.randn((ROWS, WIDTH) if case == "scalar" else (ROWS, 3, WIDTH), generator=gen, dtype=torch.float64)
-    full = {"radial": radial.detach(), "weight": weight.detach(), "source": source.detach(), "target": target}
-    if direction is not None:
-        full["direction"] = direction.detach()
+    full, (radial, weight, source, direction, o, k), _ = _all_slots(case, seed=3)
+    target = full["target"]
     slots = [s for s in pf.SLOTS if s in full]
     together = pf.evaluate_many(slots, case, full, o, k, ROWS, ATOMS)
     for slot in slots:
@@ -79,12 +87,7 @@ def test_several_slots_in_one_pass_equal_one_at_a_time(kernels, small_blocks, ca
 @pytest.mark.parametrize("case", list(pf.CASES))
 def test_sum_over_replaced_slots_in_one_pass_equals_one_slot_at_a_time(kernels, small_blocks, case):
     """The backward of a node with several outputs: Σ_{s ≠ t} ∂L/∂t with H_s in slot s, for every t."""
-    radial, weight, source, direction, o, k = _form(case, seed=11)
-    gen = torch.Generator().manual_seed(12)
-    target = torch.randn((ROWS, WIDTH) if case == "scalar" else (ROWS, 3, WIDTH), generator=gen, dtype=torch.float64)
-    base = {"radial": radial.detach(), "weight": weight.detach(), "source": source.detach(), "target": target}
-    if direction is not None:
-        base["direction"] = direction.detach()
+    base, (_, _, _, _, o, k), gen = _all_slots(case, seed=11)
     replaced = {name: torch.randn(t.shape, generator=gen, dtype=torch.float64)
                 for name, t in base.items() if name != "weight"}
     slots = list(base)
