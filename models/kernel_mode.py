@@ -1,7 +1,7 @@
 """How the backbones' element-wise kernels run: eager PyTorch, or fused by ``torch.compile``.
 
 A module with hand-written derivatives (:mod:`matforge.models.gated_message`,
-:mod:`matforge.models.pair_forms`) writes each stage as a pure function of tensors and registers the
+:mod:`matforge.models.pair_form_kernels`) writes each stage as a pure function of tensors and registers the
 set with :func:`kernel_table`; it then calls ``table[name](...)``. :func:`set_kernel_mode` swaps every
 registered table at once:
 

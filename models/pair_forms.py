@@ -31,8 +31,8 @@ the direction message summed per pair) and ``edge_direction`` (X (P, F), d, b (N
 the direction message per edge).
 
 Blocks: the pairs are processed in consecutive blocks of at most :func:`block_rows` pairs. For a block,
-one fused kernel (:mod:`matforge.models.kernel_mode`: a C++ loop on a CPU, a Triton kernel on a GPU)
-forms ``X`` from the block's ``R`` and ``W`` and the products with the gathered atom rows; the block's
+one fused kernel (:mod:`matforge.models.pair_form_kernels`, run as :mod:`matforge.models.kernel_mode`
+says: a C++ loop on a CPU, a Triton kernel on a GPU) forms ``X`` from the block's ``R`` and ``W`` and the products with the gathered atom rows; the block's
 terms are then added into the result (``index_add_``, in block order, so the sum is deterministic on a
 CPU) or, for ``∂L/∂R`` and ``∂L/∂W``, contracted with ``W`` or ``R``. Nothing of size (P, F) or (P, 3, F)
 is ever held for the whole batch: the forward pass and all its derivatives store, per pair, only
@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from matforge.models.gradient_scope import wanted
-from matforge.models.kernel_mode import kernel_table
+from matforge.models.pair_form_kernels import many_kernels, slot_kernels, sum_kernels
 
 SLOTS = ("radial", "weight", "direction", "source", "target")   # R, W, d, b, G
 GEOMETRY_SLOTS = ("radial", "direction")
@@ -70,182 +70,6 @@ def block_rows(width: int, dtype: torch.dtype, device: torch.device) -> int:
     budget = BLOCK_BYTES.get(device.type, DEFAULT_BLOCK_BYTES)
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(1, budget // (3 * max(1, width) * itemsize))
-
-
-# --- the per-block kernels, one function per (slot, case): torch.compile caches per function ------------
-# G_<case>(R, W, [d,] b, k): the block's terms of ∂L/∂G (summed by o); b_<case>(R, W, [d,] G, o): of ∂L/∂b
-# (summed by k); X_<case>([d,] b, G, o, k): ⟨d b_k G_o⟩_X, contracted with W or R outside; d_edge_direction.
-
-def _filter(radial: Tensor, weight: Tensor) -> Tensor:
-    return torch.matmul(radial, weight.t())
-
-
-def _G_scalar(r: Tensor, w: Tensor, b: Tensor, k: Tensor) -> Tensor:
-    return _filter(r, w) * b.index_select(0, k)
-
-
-def _b_scalar(r: Tensor, w: Tensor, g: Tensor, o: Tensor) -> Tensor:
-    return _filter(r, w) * g.index_select(0, o)
-
-
-def _X_scalar(b: Tensor, g: Tensor, o: Tensor, k: Tensor) -> Tensor:
-    return b.index_select(0, k) * g.index_select(0, o)
-
-
-def _G_rows(r: Tensor, w: Tensor, b: Tensor, k: Tensor) -> Tensor:
-    return _filter(r, w).unsqueeze(1) * b.index_select(0, k)
-
-
-def _b_rows(r: Tensor, w: Tensor, g: Tensor, o: Tensor) -> Tensor:
-    return _filter(r, w).unsqueeze(1) * g.index_select(0, o)
-
-
-def _X_rows(b: Tensor, g: Tensor, o: Tensor, k: Tensor) -> Tensor:
-    return (b.index_select(0, k) * g.index_select(0, o)).sum(dim=1)
-
-
-def _G_pair_direction(r: Tensor, w: Tensor, b: Tensor, k: Tensor) -> Tensor:
-    return _filter(r, w) * b.index_select(0, k).unsqueeze(1)
-
-
-def _b_pair_direction(r: Tensor, w: Tensor, g: Tensor, o: Tensor) -> Tensor:
-    return (_filter(r, w) * g.index_select(0, o)).sum(dim=1)
-
-
-def _X_pair_direction(b: Tensor, g: Tensor, o: Tensor, k: Tensor) -> Tensor:
-    return b.index_select(0, k).unsqueeze(1) * g.index_select(0, o)
-
-
-def _G_edge_direction(r: Tensor, w: Tensor, d: Tensor, b: Tensor, k: Tensor) -> Tensor:
-    return d.unsqueeze(-1) * (_filter(r, w) * b.index_select(0, k)).unsqueeze(1)
-
-
-def _b_edge_direction(r: Tensor, w: Tensor, d: Tensor, g: Tensor, o: Tensor) -> Tensor:
-    return _filter(r, w) * (d.unsqueeze(-1) * g.index_select(0, o)).sum(dim=1)
-
-
-def _X_edge_direction(d: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor) -> Tensor:
-    return b.index_select(0, k) * (d.unsqueeze(-1) * g.index_select(0, o)).sum(dim=1)
-
-
-def _d_edge_direction(r: Tensor, w: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor) -> Tensor:
-    return ((_filter(r, w) * b.index_select(0, k)).unsqueeze(1) * g.index_select(0, o)).sum(dim=-1)
-
-
-EAGER_KERNELS = {fn.__name__[1:]: fn for fn in (
-    _G_scalar, _b_scalar, _X_scalar, _G_rows, _b_rows, _X_rows, _G_pair_direction, _b_pair_direction,
-    _X_pair_direction, _G_edge_direction, _b_edge_direction, _X_edge_direction, _d_edge_direction)}
-_KERNELS = kernel_table(EAGER_KERNELS)
-
-
-# --- several slot gradients of one form in one pass (a backward pass without create_graph) ---------------
-# _many_<case>(R, W, [d,] b, G, o, k, want_G, want_b, want_X[, want_d]): the block's terms of ∂L/∂G and
-# ∂L/∂b, ⟨d b_k G_o⟩_X and ∂L/∂d that are asked for (None for the others), sharing X and the gathered rows.
-
-def _many_scalar(r: Tensor, w: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor, want_g: bool, want_b: bool,
-                 want_x: bool):
-    x, bk, go = _filter(r, w), b.index_select(0, k), g.index_select(0, o)
-    return (x * bk if want_g else None, x * go if want_b else None, bk * go if want_x else None)
-
-
-def _many_rows(r: Tensor, w: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor, want_g: bool, want_b: bool,
-               want_x: bool):
-    x, bk, go = _filter(r, w).unsqueeze(1), b.index_select(0, k), g.index_select(0, o)
-    return (x * bk if want_g else None, x * go if want_b else None, (bk * go).sum(dim=1) if want_x else None)
-
-
-def _many_pair_direction(r: Tensor, w: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor, want_g: bool,
-                         want_b: bool, want_x: bool):
-    x, bk, go = _filter(r, w), b.index_select(0, k).unsqueeze(1), g.index_select(0, o)
-    return (x * bk if want_g else None, (x * go).sum(dim=1) if want_b else None, bk * go if want_x else None)
-
-
-def _many_edge_direction(r: Tensor, w: Tensor, d: Tensor, b: Tensor, g: Tensor, o: Tensor, k: Tensor,
-                         want_g: bool, want_b: bool, want_x: bool, want_d: bool):
-    x, bk, go = _filter(r, w), b.index_select(0, k), g.index_select(0, o)
-    xb = x * bk
-    along = (d.unsqueeze(-1) * go).sum(dim=1) if (want_b or want_x) else None      # Σ_c d_c G_o[c]
-    return (d.unsqueeze(-1) * xb.unsqueeze(1) if want_g else None, x * along if want_b else None,
-            bk * along if want_x else None, (xb.unsqueeze(1) * go).sum(dim=-1) if want_d else None)
-
-
-MANY_KERNELS = {fn.__name__[1:]: fn for fn in (_many_scalar, _many_rows, _many_pair_direction, _many_edge_direction)}
-_MANY = kernel_table(MANY_KERNELS)
-
-
-# --- a backward pass without create_graph: Σ over the node's outputs s of ∂L/∂t with H_s in slot s ----------
-# _sum_<case>(R, W, d, b, G, H_R, H_d, H_b, H_G, o, k, want): every term has exactly one slot replaced by its
-# upstream gradient; one pass forms X = R Wᵀ and H_R Wᵀ once and gathers each atom row once. Returns the
-# block's terms of ∂L/∂G and ∂L/∂b, ⟨·⟩_X for R and W (terms with base R), ⟨d b G⟩_X (the W term of H_R)
-# and ∂L/∂d, each None unless asked for in ``want`` (target, source, x, hx, direction).
-
-def _lifted(t: Tensor | None, rank: int) -> Tensor | None:
-    """(B, F) -> (B, 1, F), so that every factor broadcasts to (B, 3, F)."""
-    return None if t is None else (t.unsqueeze(1) if rank == 2 else t)
-
-
-def _fitted(t: Tensor | None, rank: int) -> Tensor | None:
-    """A (B, 3 or 1, F) product reduced to a slot of this rank (summed over c for rank 2)."""
-    return None if t is None else (t.sum(dim=1) if rank == 2 else t)
-
-
-def _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, ranks, has_d):
-    x_rank, b_rank, g_rank = ranks
-    gather = lambda t, index: None if t is None else t.index_select(0, index)   # noqa: E731
-    column = lambda t: None if t is None else t.unsqueeze(-1)                   # noqa: E731 - d (B, 3) -> (B, 3, 1)
-    factors = {"radial": (_lifted(None if r is None else _filter(r, w), x_rank),
-                          _lifted(None if hr is None else _filter(hr, w), x_rank)),
-               "source": (_lifted(gather(b, k), b_rank), _lifted(gather(hb, k), b_rank)),
-               "target": (_lifted(gather(g, o), g_rank), _lifted(gather(hg, o), g_rank))}
-    if has_d:
-        factors["direction"] = (column(d), column(hd))
-
-    def product(skip: str, replaced: str | None) -> Tensor:
-        out = None
-        for slot, (base, sub) in factors.items():
-            if slot != skip:
-                factor = sub if slot == replaced else base
-                out = factor if out is None else out * factor
-        return out
-
-    def summed(skip: str) -> Tensor | None:
-        total = None
-        for slot, (_, sub) in factors.items():
-            if slot != skip and sub is not None:
-                term = product(skip, slot)
-                total = term if total is None else total + term
-        return total
-
-    want_g, want_b, want_x, want_hx, want_d = want
-    return (_fitted(summed("target"), g_rank) if want_g else None,
-            _fitted(summed("source"), b_rank) if want_b else None,
-            _fitted(summed("radial"), x_rank) if want_x else None,
-            _fitted(product("radial", None), x_rank) if want_hx else None,
-            _reduced_over_channels(summed("direction")) if want_d else None)
-
-
-def _reduced_over_channels(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.sum(dim=-1)
-
-
-def _sum_scalar(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
-    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 2, 2), False)
-
-
-def _sum_rows(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
-    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 3, 3), False)
-
-
-def _sum_pair_direction(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
-    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (3, 2, 3), False)
-
-
-def _sum_edge_direction(r, w, d, b, g, hr, hd, hb, hg, o, k, want):
-    return _substituted_terms(r, w, d, b, g, hr, hd, hb, hg, o, k, want, (2, 2, 3), True)
-
-
-SUM_KERNELS = {fn.__name__[1:]: fn for fn in (_sum_scalar, _sum_rows, _sum_pair_direction, _sum_edge_direction)}
-_SUM = kernel_table(SUM_KERNELS)
 
 
 def _blocks(count: int, size: int):
@@ -267,9 +91,12 @@ class _Results:
                   "weight": (radial_width, width), "direction": (pairs, 3)}   # weight: built transposed
         self.out = {slot: known.new_zeros(shapes[slot]) for slot in slots}
         self.weight, self.radial, self.width = w, r, width
+        self.step = block_rows(width, known.dtype, known.device)   # pairs per block
 
-    def add(self, slot: str, value: Tensor, s: int, e: int, out_index: Tensor, read_index: Tensor) -> None:
-        """Fold one block's value into ``slot``: terms of G or b, ⟨d b G⟩_X for R or W, or ∂L/∂d."""
+    def add(self, slot: str, value: Tensor, s: int, e: int, out_index: Tensor, read_index: Tensor,
+            radial: Tensor | None = None) -> None:
+        """Fold one block's value into ``slot``: terms of G or b, ⟨d b G⟩_X for R or W (contracted with
+        ``radial``, default the form's R), or ∂L/∂d."""
         out = self.out[slot]
         if slot == "target":
             out.index_add_(0, out_index[s:e], value)
@@ -278,7 +105,7 @@ class _Results:
         elif slot == "radial":
             out[s:e] = torch.matmul(value, self.weight)
         elif slot == "weight":   # (Σ_p R_pᵀ ⟨·⟩_X,p), the order of the product BLAS runs fastest
-            r = self.radial[s:e]
+            r = (self.radial if radial is None else radial)[s:e]
             out.addmm_(r.reshape(-1, r.shape[-1]).t(), value.reshape(-1, self.width))
         else:
             out[s:e] = value
@@ -287,26 +114,19 @@ class _Results:
         return {slot: out.t().contiguous() if slot == "weight" else out for slot, out in self.out.items()}
 
 
-def _block_step(inputs: dict[str, Tensor]) -> int:
-    known = next(t for t in inputs.values())
-    width = next(inputs[n] for n in ("weight", "source", "target") if n in inputs).shape[0 if "weight" in inputs else -1]
-    return block_rows(width, known.dtype, known.device)
-
-
 def evaluate(slot: str, case: str, inputs: dict[str, Tensor], out_index: Tensor, read_index: Tensor,
-             rows: int, atoms: int, kernels: dict | None = None) -> Tensor:
+             rows: int, atoms: int) -> Tensor:
     """``∂L/∂slot`` for ``case`` from the other slots in ``inputs`` (module docstring), block by block.
 
     out_index (P,) = o, read_index (P,) = k; ``rows`` rows of G, ``atoms`` rows of b."""
     if slot not in SLOTS:
         raise ValueError(f"unknown slot {slot!r}; slots are {SLOTS}")
-    table = kernels if kernels is not None else _KERNELS
     r, w, d, b, g = (inputs.get(name) for name in SLOTS)
     pairs = out_index.shape[0]
     results = _Results((slot,), case, inputs, pairs, rows, atoms)
     extra = (d,) if d is not None else ()
-    kernel = table[{"target": "G_", "source": "b_", "radial": "X_", "weight": "X_", "direction": "d_"}[slot] + case]
-    for s, e in _blocks(pairs, _block_step(inputs)):
+    kernel = slot_kernels[{"target": "G_", "source": "b_", "radial": "X_", "weight": "X_", "direction": "d_"}[slot] + case]
+    for s, e in _blocks(pairs, results.step):
         block_extra = tuple(t[s:e] for t in extra)
         if slot == "target":
             value = kernel(r[s:e], w, *block_extra, b, read_index[s:e])
@@ -321,19 +141,18 @@ def evaluate(slot: str, case: str, inputs: dict[str, Tensor], out_index: Tensor,
 
 
 def evaluate_many(slots, case: str, inputs: dict[str, Tensor], out_index: Tensor, read_index: Tensor,
-                  rows: int, atoms: int, kernels: dict | None = None) -> dict[str, Tensor]:
+                  rows: int, atoms: int) -> dict[str, Tensor]:
     """``∂L/∂s`` for every slot ``s`` in ``slots``, all five slots of ``inputs`` given, in one pass over the
     pairs (values only: the results are not differentiable)."""
-    table = kernels if kernels is not None else _MANY
     r, w, d, b, g = (inputs.get(name) for name in SLOTS)
     pairs = out_index.shape[0]
     results = _Results(slots, case, inputs, pairs, rows, atoms)
     has_d = CASES[case][1]
     flags = ("target" in slots, "source" in slots, "radial" in slots or "weight" in slots)
     flags += ("direction" in slots,) if has_d else ()
-    for s, e in _blocks(pairs, _block_step(inputs)):
+    for s, e in _blocks(pairs, results.step):
         block_d = (d[s:e],) if has_d else ()
-        values = table["many_" + case](r[s:e], w, *block_d, b, g, out_index[s:e], read_index[s:e], *flags)
+        values = many_kernels["many_" + case](r[s:e], w, *block_d, b, g, out_index[s:e], read_index[s:e], *flags)
         named = dict(zip(("target", "source", "radial", "direction") if has_d else ("target", "source", "radial"),
                          values))
         named["weight"] = named["radial"]
@@ -343,35 +162,32 @@ def evaluate_many(slots, case: str, inputs: dict[str, Tensor], out_index: Tensor
 
 
 def evaluate_substituted(slots, case: str, inputs: dict[str, Tensor], upstream: dict[str, Tensor],
-                         out_index: Tensor, read_index: Tensor, rows: int, atoms: int,
-                         kernels: dict | None = None) -> dict[str, Tensor]:
+                         out_index: Tensor, read_index: Tensor, rows: int, atoms: int) -> dict[str, Tensor]:
     """For every slot ``t`` in ``slots``: ``Σ_{s ≠ t} ∂L/∂t`` with ``upstream[s]`` put in slot ``s`` and
     ``inputs`` in the others, in one pass over the pairs (values only). This is the derivative of a node
     that computed ``∂L/∂s`` for each ``s`` of ``upstream`` (:class:`_SlotGradients`). The weight slot
     cannot be among the replaced ones."""
     if "weight" in upstream:
         raise ValueError("evaluate_substituted: the weight slot cannot be replaced")
-    table = kernels if kernels is not None else _SUM
     r, w, d, b, g = (inputs.get(name) for name in SLOTS)
     hr, hd, hb, hg = (upstream.get(name) for name in ("radial", "direction", "source", "target"))
     pairs = out_index.shape[0]
-    results = _Results(slots, case, {**inputs, **upstream}, pairs, rows, atoms)
+    results = _Results(slots, case, {**upstream, **inputs}, pairs, rows, atoms)   # the form's own R first
     want_weight = "weight" in slots
     want = ("target" in slots, "source" in slots, "radial" in slots or (want_weight and r is not None),
             want_weight and hr is not None, "direction" in slots)
     block = lambda t, s, e: None if t is None else t[s:e]   # noqa: E731 - the per-pair slots of a block
-    for s, e in _blocks(pairs, _block_step({**inputs, **upstream})):
-        t_g, t_b, x_terms, hx_terms, t_d = table["sum_" + case](
+    for s, e in _blocks(pairs, results.step):
+        t_g, t_b, x_terms, hx_terms, t_d = sum_kernels["sum_" + case](
             block(r, s, e), w, block(d, s, e), b, g, block(hr, s, e), block(hd, s, e), hb, hg,
             out_index[s:e], read_index[s:e], want)
         named = {"target": t_g, "source": t_b, "radial": x_terms, "direction": t_d}
         for slot in slots:
-            if slot == "weight":
-                out = results.out["weight"]
+            if slot == "weight":   # the terms with the form's R, and the one with H_R in its place
                 if x_terms is not None and r is not None:
-                    out.addmm_(r[s:e].reshape(-1, r.shape[-1]).t(), x_terms.reshape(-1, out.shape[1]))
+                    results.add("weight", x_terms, s, e, out_index, read_index)
                 if hx_terms is not None:
-                    out.addmm_(hr[s:e].reshape(-1, hr.shape[-1]).t(), hx_terms.reshape(-1, out.shape[1]))
+                    results.add("weight", hx_terms, s, e, out_index, read_index, radial=hr)
             elif named[slot] is not None:
                 results.add(slot, named[slot], s, e, out_index, read_index)
     return results.results()

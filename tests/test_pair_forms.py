@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from matforge.models import gradient_scope, kernel_mode
+from matforge.models import pair_form_kernels
 from matforge.models import pair_forms as pf
 
 WIDTH, RADIAL, ATOMS, PAIRS, ROWS = 3, 4, 5, 13, 6
@@ -123,7 +124,7 @@ def test_compiled_kernels_compile_each_variant_of_their_arguments_apart():
     torch._dynamo.reset()
     kernel_mode.set_kernel_mode("compiled")
     try:
-        kernel = pf._SUM["sum_scalar"]
+        kernel = pair_form_kernels.sum_kernels["sum_scalar"]
         radial, weight, source, _, o, k = _form("scalar", seed=13)
         r, w, b = radial.detach(), weight.detach(), source.detach()
         g = torch.randn(ROWS, WIDTH, dtype=torch.float64)
@@ -131,7 +132,7 @@ def test_compiled_kernels_compile_each_variant_of_their_arguments_apart():
         for replaced in range(1, 6):   # which of H_R, H_b, H_G are given
             hr, hb, hg = (t if replaced >> bit & 1 else None for bit, t in enumerate((r, b, g)))
             for want in ((True, True, False, False, False), (False, True, True, hr is not None, False)):
-                eager = pf.SUM_KERNELS["sum_scalar"](r, w, None, b, g, hr, None, hb, hg, o, k, want)
+                eager = pair_form_kernels.SUM_KERNELS["sum_scalar"](r, w, None, b, g, hr, None, hb, hg, o, k, want)
                 compiled = kernel(r, w, None, b, g, hr, None, hb, hg, o, k, want)
                 calls += 1
                 for x, y in zip(eager, compiled):
